@@ -1,0 +1,380 @@
+"""One typed configuration for the whole pipeline.
+
+Every stage (patch extraction, training, post-processing, tile and slide
+inference) reads its settings from a :class:`Config`. Sizes that depend on each
+other (patch, network input and output windows) are derived and checked here,
+in one place, so a bad combination fails at start-up instead of as a shape
+error deep inside training. Physical sizes are given in micrometres and turned
+into pixels with the processing resolution (``proc_mpp``), so changing the
+resolution keeps the post-processing meaningful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import runpy
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+#: network (input, output) window per model mode, in pixels at ``proc_mpp``.
+MODE_WINDOWS: dict[str, tuple[int, int]] = {"original": (270, 80), "fast": (256, 164)}
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Patch / network-input / network-output window sizes (square, pixels)."""
+
+    patch: int
+    input: int
+    output: int
+
+    @classmethod
+    def for_mode(cls, mode: str, patch: int) -> Windows:
+        if mode not in MODE_WINDOWS:
+            raise ConfigError(f"model.mode must be one of {sorted(MODE_WINDOWS)}, got {mode!r}")
+        inp, out = MODE_WINDOWS[mode]
+        if patch < inp:
+            raise ConfigError(f"data.patch_size={patch} is smaller than the network input {inp} ({mode})")
+        if (patch - inp) % 2 or (inp - out) % 2:
+            raise ConfigError(
+                f"windows {patch}/{inp}/{out} cannot be centre-aligned: differences must be even"
+            )
+        return cls(patch=patch, input=inp, output=out)
+
+
+@dataclass
+class ModelConfig:
+    """Network architecture. ``arch`` is stored in checkpoints and checked on load."""
+
+    arch: str = "hovernet"  # "hovernet" | "unet"
+    mode: str = "original"  # "original" (270->80) | "fast" (256->164)
+    encoder: str = "resnet50"  # any timm backbone with features_only support
+    pretrained: str | None = None  # local state-dict file (no hub downloads)
+    nr_types: int = 3  # including background; 0 disables the NC / type head
+    decoder_width: int = 1  # multiplier: 1 = HoVer-Net widths, 0.5 etc. for small models
+    dense_units: tuple[int, int] = (8, 4)  # dense-block units in the two deepest decoder stages
+    # UNet baseline
+    unet_classes: int = 2  # 2 = background/crypt, 3 = + crypt boundary
+    unet_base_width: int = 16
+    unet_levels: int = 5
+    unet_encoder: str | None = None  # None = classic UNet; else a timm encoder name
+    unet_upsample: str = "transpose"  # "transpose" | "resize"
+
+    def validate(self) -> None:
+        if self.arch not in ("hovernet", "unet"):
+            raise ConfigError(f"model.arch must be 'hovernet' or 'unet', got {self.arch!r}")
+        if self.mode not in MODE_WINDOWS:
+            raise ConfigError(f"model.mode must be one of {sorted(MODE_WINDOWS)}, got {self.mode!r}")
+        if self.nr_types < 0 or self.nr_types == 1:
+            raise ConfigError("model.nr_types must be 0 (no type head) or >= 2 (background + types)")
+        if self.unet_classes not in (2, 3):
+            raise ConfigError(f"model.unet_classes must be 2 or 3, got {self.unet_classes}")
+        if not 3 <= self.unet_levels <= 6:
+            raise ConfigError(f"model.unet_levels must be in 3..6, got {self.unet_levels}")
+        if self.decoder_width <= 0:
+            raise ConfigError("model.decoder_width must be > 0")
+
+
+@dataclass
+class DataConfig:
+    """Where annotated images live and how to read their labels and types."""
+
+    image_dir: str = ""  # folder of images + label maps
+    anno_suffix: str = "_anno"  # <stem><anno_suffix>.<ext> is the instance label map
+    label_format: str = "image"  # "image" (PNG/TIFF instance map) | "mat" (HoVer-Net .mat)
+    type_source: str = "none"  # "none" | "csv" | "type_map" | "color"
+    type_csv: str | None = None  # per-image CSV (GlaS grade.csv)
+    type_csv_name_column: str = "name"
+    type_csv_type_column: str = "grade_glas"
+    type_csv_map: dict[str, int] = field(default_factory=dict)  # CSV value -> type id
+    patient_column: str | None = "patient_id"  # patient id column in type_csv (for splits)
+    type_map_suffix: str = "_type"  # <stem><suffix>.<ext> per-pixel type map
+    class_mask_suffix: str = "_class"  # <stem><suffix>.<ext> colour-coded class mask
+    image_mpp: float = 0.5  # resolution of the source images, um/px
+    patch_dir: str = "data/patches"  # output of extract_patches.py (train/ and valid/ inside)
+    patch_size: int = 540  # extraction window == augmentation window
+    patch_step: int = 164
+    tiling: str = "mirror"  # "mirror" | "valid"
+    valid_fraction: float = 0.2  # patient-disjoint validation share
+    split_seed: int = 0
+    min_annotated_fraction: float = 0.0  # drop patches with fewer annotated pixels than this
+    max_blank_fraction: float = 0.8  # drop patches that are mostly white glass or black stripes
+
+    def validate(self) -> None:
+        if self.label_format not in ("image", "mat"):
+            raise ConfigError(f"data.label_format must be 'image' or 'mat', got {self.label_format!r}")
+        if self.type_source not in ("none", "csv", "type_map", "color"):
+            raise ConfigError(
+                f"data.type_source must be none/csv/type_map/color, got {self.type_source!r}"
+            )
+        if self.type_source == "csv" and not self.type_csv:
+            raise ConfigError("data.type_source='csv' needs data.type_csv")
+        if self.tiling not in ("mirror", "valid"):
+            raise ConfigError(f"data.tiling must be 'mirror' or 'valid', got {self.tiling!r}")
+        if self.image_mpp <= 0:
+            raise ConfigError("data.image_mpp must be > 0")
+        if self.patch_step <= 0:
+            raise ConfigError("data.patch_step must be > 0")
+        if not 0.0 <= self.valid_fraction < 1.0:
+            raise ConfigError("data.valid_fraction must be in [0, 1)")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentations (torchvision.transforms.v2). Geometric ones move labels too."""
+
+    flip: bool = True
+    rot90: bool = True
+    affine_prob: float = 0.5
+    affine_degrees: float = 180.0
+    affine_scale: tuple[float, float] = (0.8, 1.2)
+    affine_shear: float = 5.0
+    affine_translate: float = 0.01
+    elastic_prob: float = 0.0
+    hue: float = 0.04
+    saturation: float = 0.2
+    brightness: float = 0.1
+    contrast: float = 0.2
+    blur_prob: float = 0.2  # Gaussian or median blur, chosen at random
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase. HoVer-Net trains decoders first, then everything."""
+
+    name: str = "phase"
+    epochs: int = 50
+    freeze_encoder: bool = False
+    lr: float = 1e-4
+    step_size: int = 25  # StepLR period in epochs
+    gamma: float = 0.1
+    batch_size: int = 8
+
+
+@dataclass
+class LossWeights:
+    np_ce: float = 1.0
+    np_dice: float = 1.0
+    hv_mse: float = 1.0
+    hv_msge: float = 1.0
+    tp_ce: float = 1.0
+    tp_dice: float = 1.0
+    # UNet baseline
+    seg_ce: float = 1.0
+    seg_dice: float = 1.0
+
+
+@dataclass
+class TrainConfig:
+    phases: list[PhaseConfig] = field(
+        default_factory=lambda: [
+            PhaseConfig(name="decoders", epochs=50, freeze_encoder=True, batch_size=8),
+            PhaseConfig(name="all", epochs=50, freeze_encoder=False, batch_size=4),
+        ]
+    )
+    loss: LossWeights = field(default_factory=LossWeights)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    seed: int = 0
+    num_workers: int = 2
+    amp: str = "auto"  # "auto" | "bf16" | "fp16" | "none"
+    channels_last: bool = True
+    best_metric: str = "valid/np_dice"  # a key of the per-epoch metrics
+    best_mode: str = "max"  # "max" | "min"
+    valid_instance_metrics: bool = True  # PQ / AJI on validation patches (needs post-processing)
+
+    def validate(self) -> None:
+        if not self.phases:
+            raise ConfigError("train.phases must hold at least one phase")
+        for p in self.phases:
+            if p.epochs < 0 or p.batch_size < 1 or p.lr <= 0:
+                raise ConfigError(f"train phase {p.name!r}: epochs >= 0, batch_size >= 1, lr > 0 required")
+        if self.amp not in ("auto", "bf16", "fp16", "none"):
+            raise ConfigError(f"train.amp must be auto/bf16/fp16/none, got {self.amp!r}")
+        if self.best_mode not in ("max", "min"):
+            raise ConfigError(f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
+
+
+@dataclass
+class PostprocConfig:
+    """HV-watershed parameters. Sizes are physical (um, um^2) and scaled by ``proc_mpp``."""
+
+    np_thresh: float = 0.5  # foreground probability threshold
+    min_object_area_um2: float = 400.0  # objects smaller than this are dropped
+    sobel_ksize_um: float = 20.0  # Sobel kernel size for the HV gradient (odd px after scaling)
+    marker_thresh: float = 0.4  # HV-gradient energy below this is marker ("inside")
+    marker_open_um: float = 5.0  # opening radius to clean markers
+    min_marker_area_um2: float = 100.0
+    blur_ksize: int = 3  # smoothing of the distance (energy) map, pixels
+    # UNet baseline instance extraction
+    unet_min_peak_distance_um: float = 20.0
+
+    def pixels(self, mpp: float) -> dict[str, Any]:
+        """The parameters in pixels at ``mpp`` µm/px (what ``instances_from_maps`` takes)."""
+        if mpp <= 0:
+            raise ConfigError(f"processing mpp must be > 0, got {mpp}")
+        area = 1.0 / (mpp * mpp)
+        ksize = max(3, int(round(self.sobel_ksize_um / mpp)) | 1)
+        ksize = min(ksize, 31)  # cv2.Sobel supports odd sizes up to 31
+        return {
+            "np_thresh": self.np_thresh,
+            "min_object_area": max(1, int(round(self.min_object_area_um2 * area))),
+            "sobel_ksize": ksize,
+            "marker_thresh": self.marker_thresh,
+            "marker_open_radius": max(1, int(round(self.marker_open_um / mpp))),
+            "min_marker_area": max(1, int(round(self.min_marker_area_um2 * area))),
+            "blur_ksize": self.blur_ksize,
+        }
+
+
+@dataclass
+class InferConfig:
+    batch_size: int = 8
+    tta: bool = False  # flip test-time augmentation
+    # whole-slide
+    tile_shape: int = 2048  # processing region side (px at proc_mpp); post-processed as one piece
+    margin_um: float = 400.0  # region overlap; must exceed the largest crypt diameter
+    tissue_thumb_mpp: float = 16.0  # thumbnail resolution for the automatic tissue mask
+    min_tissue_area_um2: float = 40000.0
+    postproc_workers: int = 2
+    prefetch: int = 2
+
+
+@dataclass
+class Config:
+    """The whole configuration. ``proc_mpp`` is the resolution the network sees."""
+
+    name: str = "default"
+    proc_mpp: float = 0.93
+    type_info: str = "type_info.json"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    postproc: PostprocConfig = field(default_factory=PostprocConfig)
+    infer: InferConfig = field(default_factory=InferConfig)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def windows(self) -> Windows:
+        return Windows.for_mode(self.model.mode, self.data.patch_size)
+
+    def validate(self) -> None:
+        if self.proc_mpp <= 0:
+            raise ConfigError(f"proc_mpp must be > 0, got {self.proc_mpp}")
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        _ = self.windows
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return _build(cls, d, "config")
+
+    def save_json(self, path: str | Path) -> None:
+        from hovercrypt.io.atomic import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+
+    def replace(self, **sections: Any) -> Config:
+        """A copy with top-level fields replaced (validated again)."""
+        return Config.from_dict({**self.to_dict(), **{k: _plain(v) for k, v in sections.items()}})
+
+
+def _plain(v: Any) -> Any:
+    return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
+
+
+def _build(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {}
+    for key, value in d.items():
+        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if origin is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple and isinstance(value, list | tuple):
+        return tuple(value)
+    return value
+
+
+def glas_config(root: str | Path = "../shared/data/glas/train") -> Config:
+    """Ready configuration for the GlaS training set (two types: benign, malignant).
+
+    GlaS is scanned at 0.465 um/px; processing at 0.93 um/px (an exact 2x
+    downsample) puts a typical gland (100-250 um) inside the 270 px input window.
+    """
+    root = str(root)
+    return Config(
+        name="glas",
+        proc_mpp=0.93,
+        type_info="type_info.json",
+        model=ModelConfig(nr_types=3),
+        data=DataConfig(
+            image_dir=root,
+            anno_suffix="_anno",
+            type_source="csv",
+            type_csv=f"{root}/grade.csv",
+            type_csv_type_column="grade_glas",
+            type_csv_map={"benign": 1, "malignant": 2},
+            patient_column="patient_id",
+            image_mpp=0.465,
+            patch_dir="data/patches/glas",
+        ),
+    )
+
+
+PRESETS = {"default": Config, "glas": glas_config}
+
+
+def load_config(spec: str | Path | None = None) -> Config:
+    """Load a configuration from a preset name, a ``.json`` file or a ``.py`` file defining ``CONFIG``."""
+    if spec is None:
+        return Config()
+    spec = str(spec)
+    if spec in PRESETS:
+        return PRESETS[spec]()
+    path = Path(spec)
+    if not path.is_file():
+        raise ConfigError(f"config {spec!r} is neither a preset {sorted(PRESETS)} nor an existing file")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from e
+        try:
+            return Config.from_dict(data)
+        except (ConfigError, TypeError) as e:
+            raise ConfigError(f"{path}: {e}") from e
+    if path.suffix == ".py":
+        ns = runpy.run_path(str(path))
+        cfg = ns.get("CONFIG")
+        if not isinstance(cfg, Config):
+            raise ConfigError(f"{path}: must define CONFIG = hovercrypt.config.Config(...)")
+        return cfg
+    raise ConfigError(f"{path}: config files must be .json or .py")

@@ -1,0 +1,1 @@
+"""File formats: atomic writes, images, type info, instance exports, slides."""
