@@ -1,0 +1,1 @@
+"""Data layer: dataset readers, resampling, targets, patch extraction, augmentation."""

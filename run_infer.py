@@ -1,0 +1,44 @@
+"""Run a trained model on image tiles or whole slides.
+
+Usage:
+  run_infer.py tile --input_dir=<dir> --output_dir=<dir> [options]
+  run_infer.py wsi --input_dir=<dir> --output_dir=<dir> [options] [--input_mask_dir=<dir>]
+               [--proc_mpp=<um> | --proc_mag=<x>] [--slide_mpp=<um>] [--tile_shape=<px>] [--resume]
+  run_infer.py (-h | --help)
+
+Options:
+  --model_path=<path>      Checkpoint (.pt). Default: the model shipped with hovercrypt.
+  --type_info_path=<path>  type_info.json with type names and colours [default: type_info.json].
+  --batch_size=<n>         Tiles per network batch [default: 8].
+  --gpu=<ids>              GPU id(s), e.g. 0; empty runs on the CPU [default: ].
+  --input_mpp=<um>         (tile) resolution of the input images in um/px. Default: the
+                           processing resolution stored in the model (no resampling).
+  --tta                    Flip test-time augmentation (4 passes, averaged).
+  --proc_mpp=<um>          (wsi) processing resolution. Default: the model's.
+  --proc_mag=<x>           (wsi) processing magnification instead of --proc_mpp (10 um/px / x).
+  --slide_mpp=<um>         (wsi) level-0 resolution for slides that do not store it.
+  --input_mask_dir=<dir>   (wsi) tissue masks <stem>.png (any size, non-zero = tissue).
+  --tile_shape=<px>        (wsi) processing region side in px at proc_mpp [default: 2048].
+  --resume                 (wsi) continue a killed run from its last finished chunk.
+  --workers=<n>            Post-processing worker processes [default: 2].
+  -h --help                Show this help.
+"""
+
+import sys
+
+from docopt import docopt
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = docopt(__doc__, argv=argv)
+    if args["tile"]:
+        from hovercrypt.infer.tile_cli import run_tile_cli
+
+        return run_tile_cli(args)
+    from hovercrypt.infer.wsi_cli import run_wsi_cli
+
+    return run_wsi_cli(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
