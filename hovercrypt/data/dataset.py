@@ -1,0 +1,132 @@
+"""``PatchDataset``: patches from ``extract_patches.py`` -> network inputs and targets.
+
+Per item: load the (P, P, 5) patch, augment it geometrically as a whole
+(training only), compute the HV map on the whole augmented patch (so offsets
+stay exact and instances cut by the output window still point to their true
+centre), crop to the network input / output windows, and apply photometric
+augmentation to the input crop only.
+
+Randomness for item ``i`` in epoch ``e`` comes from
+``numpy.random.default_rng([seed, e, i])``: the same batches come back in
+any worker process and after resuming a run (call ``set_epoch`` each epoch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hovercrypt.config import Config
+from hovercrypt.data.augment import Augmenter
+from hovercrypt.data.targets import center_crop, hv_maps, seg_target
+from hovercrypt.io.images import InputError
+
+
+def load_patch(path: str | Path) -> np.ndarray:
+    """Read one patch file as int32 (P, P, 5) with a clear error for anything else."""
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: cannot be read as a patch .npy ({e})") from e
+    if arr.ndim != 3 or arr.shape[2] != 5 or arr.shape[0] != arr.shape[1]:
+        raise InputError(f"{path}: patch must have shape (P, P, 5) = RGB, instance, type; got {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise InputError(f"{path}: patch must be integer (uint8/int32), got {arr.dtype}")
+    return arr.astype(np.int32, copy=False)
+
+
+class PatchDataset(Dataset):
+    """Training / validation patches with HoVer-Net (``np``, ``hv``, ``tp``) or UNet (``seg``) targets."""
+
+    def __init__(
+        self,
+        files: list[str | Path],
+        cfg: Config,
+        train: bool,
+        targets: str = "hovernet",
+        seed: int = 0,
+    ) -> None:
+        if targets not in ("hovernet", "unet"):
+            raise ValueError(f"targets must be 'hovernet' or 'unet', got {targets!r}")
+        self.files = [Path(f) for f in files]
+        self.cfg = cfg
+        self.train = train
+        self.targets = targets
+        self.seed = int(seed)
+        self.epoch = 0
+        win = cfg.windows
+        self.in_size, self.out_size = win.input, win.output
+        self.nr_types = cfg.model.nr_types
+        self.augmenter = Augmenter(cfg.train.augment) if train else None
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, cfg: Config, train: bool, **kwargs) -> PatchDataset:
+        """All patches listed in ``<directory>/manifest.csv`` (or every ``*.npy`` when there is none)."""
+        d = Path(directory)
+        if not d.is_dir():
+            raise InputError(f"{d}: patch folder not found (run extract_patches.py)")
+        manifest = d / "manifest.csv"
+        if manifest.is_file():
+            from hovercrypt.data.patches import read_manifest
+
+            files = [d / row["file"] for row in read_manifest(d)]
+            missing = [f.name for f in files if not f.is_file()]
+            if missing:
+                raise InputError(f"{manifest}: {len(missing)} listed patch file(s) missing: {missing[:3]}")
+        else:
+            files = sorted(d.glob("*.npy"))
+        if not files:
+            raise InputError(f"{d}: no patches found")
+        return cls(files, cfg, train, **kwargs)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream of ``epoch`` (call before iterating each epoch)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        path = self.files[index]
+        patch = load_patch(path)
+        if patch.shape[0] < self.in_size:
+            raise InputError(f"{path}: patch size {patch.shape[0]} < network input {self.in_size}")
+        image = patch[..., :3].astype(np.uint8)  # written as 0..255 by extract_patches
+        labels = patch[..., 3:5]
+        rng = self.rng(index)
+        if self.augmenter is not None:
+            image, labels = self.augmenter.geometric(image, labels, rng)
+        inst = labels[..., 0]
+        out: dict[str, torch.Tensor] = {}
+        img_in = center_crop(image, self.in_size)
+        if self.augmenter is not None:
+            img_in = self.augmenter.photometric(img_in, rng)
+        chw = np.ascontiguousarray(img_in).transpose(2, 0, 1).astype(np.float32)
+        out["image"] = torch.from_numpy(chw / 255.0)
+        inst_out = np.ascontiguousarray(center_crop(inst, self.out_size))
+        out["np"] = torch.from_numpy((inst_out > 0).astype(np.int64))
+        if self.targets == "hovernet":
+            # HV on the whole augmented patch, then crop: offsets are measured to the true centre
+            hv = center_crop(hv_maps(inst), self.out_size)
+            out["hv"] = torch.from_numpy(np.ascontiguousarray(hv.transpose(2, 0, 1)))
+        else:
+            r = self.cfg.data.seg_boundary_px
+            # a margin of r around the output window decides boundaries at its edge correctly
+            crop = center_crop(inst, min(inst.shape[0], self.out_size + 2 * r))
+            seg = center_crop(seg_target(crop, self.cfg.model.unet_classes, r), self.out_size)
+            out["seg"] = torch.from_numpy(np.ascontiguousarray(seg))
+        if self.nr_types > 0:
+            tp = np.where(inst_out > 0, center_crop(labels[..., 1], self.out_size), 0)
+            hi = int(tp.max()) if tp.size else 0
+            if hi >= self.nr_types:
+                raise InputError(f"{path}: type id {hi} but model.nr_types={self.nr_types}")
+            out["tp"] = torch.from_numpy(tp.astype(np.int64))
+        out["inst"] = torch.from_numpy(inst_out.astype(np.int32))
+        return out

@@ -1,0 +1,289 @@
+"""Dataset readers: images + instance label maps + crypt types, with clear errors.
+
+A dataset is a folder of images, each with an instance label map
+``<stem><anno_suffix>.<ext>`` (PNG/TIFF) or a HoVer-Net ``.mat`` file
+(``inst_map``, optional ``type_map``). Types come from one of:
+
+- ``csv``: a per-image CSV (GlaS ``grade.csv``); every instance in an image
+  gets the image's type (``type_csv_map`` maps CSV values to ids);
+- ``type_map``: a per-pixel type map ``<stem><type_map_suffix>.<ext>``; an
+  instance takes the majority type of its pixels;
+- ``color``: a colour-coded class mask ``<stem><class_mask_suffix>.<ext>``
+  using the colours of ``type_info.json``; instances are its connected
+  components per class unless an instance map is present too.
+
+Everything is checked once here so training never meets a malformed sample.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from hovercrypt.config import Config, DataConfig
+from hovercrypt.data.resample import resample_pair
+from hovercrypt.data.targets import compact_ids
+from hovercrypt.io.images import IMAGE_EXTS, InputError, as_label, read_label, read_rgb
+from hovercrypt.io.type_info import TypeInfo, load_type_info
+
+LABEL_EXTS = (".png", ".tif", ".tiff")
+
+
+@dataclass
+class Sample:
+    """One annotated image, in memory. ``type_map`` is None when types are not used."""
+
+    name: str
+    image: np.ndarray  # uint8 (H, W, 3)
+    inst: np.ndarray  # int32 (H, W), 0 = background
+    type_map: np.ndarray | None  # int32 (H, W), 0 = background
+    patient: str | None
+    source: Path
+
+
+@dataclass
+class ImageRecord:
+    """Paths and per-image metadata of one dataset entry (nothing read yet)."""
+
+    name: str
+    image: Path
+    label: Path | None  # instance map (image or .mat); None only for type_source="color"
+    type_path: Path | None
+    image_type: int | None  # from the CSV
+    patient: str | None
+
+
+def _find_with_suffix(folder: Path, stem: str, suffix: str, exts: tuple[str, ...]) -> Path | None:
+    for ext in exts:
+        for e in (ext, ext.upper()):
+            p = folder / f"{stem}{suffix}{e}"
+            if p.is_file():
+                return p
+    return None
+
+
+def _read_csv(cfg: DataConfig) -> dict[str, dict[str, str]]:
+    path = Path(cfg.type_csv or "")
+    if not path.is_file():
+        raise InputError(f"{path}: type CSV not found (data.type_csv)")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames or []
+        if cfg.type_csv_name_column not in header:
+            raise InputError(f"{path}: no column {cfg.type_csv_name_column!r} (columns: {header})")
+        if cfg.type_source == "csv" and cfg.type_csv_type_column not in header:
+            raise InputError(f"{path}: no column {cfg.type_csv_type_column!r} (columns: {header})")
+        rows = {}
+        for i, row in enumerate(reader, start=2):
+            name = (row.get(cfg.type_csv_name_column) or "").strip()
+            if not name:
+                raise InputError(f"{path}: line {i} has an empty {cfg.type_csv_name_column!r}")
+            rows[Path(name).stem] = row
+    return rows
+
+
+def list_records(cfg: DataConfig) -> list[ImageRecord]:
+    """Find every image of the dataset with its label/type files; raise on anything missing."""
+    folder = Path(cfg.image_dir)
+    if not folder.is_dir():
+        raise InputError(f"{folder}: dataset folder not found (data.image_dir)")
+    label_dir = Path(cfg.label_dir) if cfg.label_dir else folder
+    if not label_dir.is_dir():
+        raise InputError(f"{label_dir}: label folder not found (data.label_dir)")
+    suffixes = [s for s in (cfg.anno_suffix, cfg.type_map_suffix, cfg.class_mask_suffix) if s]
+    images = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTS
+        and not p.name.startswith(".")
+        and not any(p.stem.endswith(s) for s in suffixes)
+    )
+    if not images:
+        raise InputError(f"{folder}: no images found (extensions {IMAGE_EXTS})")
+    rows = _read_csv(cfg) if cfg.type_csv else None
+    records = []
+    for img in images:
+        stem = img.stem
+        if cfg.label_format == "mat":
+            label = _find_with_suffix(label_dir, stem, cfg.anno_suffix, (".mat",)) or _find_with_suffix(
+                label_dir, stem, "", (".mat",)
+            )
+        else:
+            label = _find_with_suffix(label_dir, stem, cfg.anno_suffix, LABEL_EXTS)
+        type_path = None
+        if cfg.type_source == "type_map" and not (cfg.label_format == "mat"):
+            type_path = _find_with_suffix(label_dir, stem, cfg.type_map_suffix, LABEL_EXTS)
+            if type_path is None:
+                want = label_dir / f"{stem}{cfg.type_map_suffix}.png"
+                raise InputError(f"{img}: missing type map (expected {want} or .tif)")
+        if cfg.type_source == "color":
+            type_path = _find_with_suffix(label_dir, stem, cfg.class_mask_suffix, LABEL_EXTS)
+            if type_path is None:
+                raise InputError(
+                    f"{img}: missing class mask {label_dir / (stem + cfg.class_mask_suffix)}.png/.tif"
+                )
+        elif label is None:
+            ext = ".mat" if cfg.label_format == "mat" else ".png or .tif"
+            raise InputError(f"{img}: missing annotation (expected {label_dir / stem}{cfg.anno_suffix}{ext})")
+        image_type = patient = None
+        if rows is not None:
+            row = rows.get(stem)
+            if row is None:
+                raise InputError(
+                    f"{cfg.type_csv}: no row for image {img.name!r} (column {cfg.type_csv_name_column!r})"
+                )
+            if cfg.type_source == "csv":
+                value = (row.get(cfg.type_csv_type_column) or "").strip()
+                if value not in cfg.type_csv_map:
+                    raise InputError(
+                        f"{cfg.type_csv}: image {stem!r} has {cfg.type_csv_type_column}={value!r}, "
+                        f"not in data.type_csv_map {sorted(cfg.type_csv_map)}"
+                    )
+                image_type = int(cfg.type_csv_map[value])
+            if cfg.patient_column and cfg.patient_column in row:
+                patient = (row[cfg.patient_column] or "").strip() or None
+        records.append(ImageRecord(stem, img, label, type_path, image_type, patient))
+    return records
+
+
+def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as e:  # scipy raises several types for corrupt / non-mat files
+        raise InputError(f"{path}: cannot be read as a .mat file ({type(e).__name__}: {e})") from e
+    if "inst_map" not in mat:
+        keys = sorted(k for k in mat if not k.startswith("__"))
+        raise InputError(f"{path}: no 'inst_map' variable (found {keys})")
+    inst = as_label(np.asarray(mat["inst_map"]), f"{path}:inst_map")
+    tmap = as_label(np.asarray(mat["type_map"]), f"{path}:type_map") if "type_map" in mat else None
+    for name, arr in (("inst_map", inst), ("type_map", tmap)):
+        if arr is not None and arr.ndim != 2:
+            raise InputError(f"{path}: {name} must be 2-D, got shape {arr.shape}")
+    return inst, tmap
+
+
+def majority_types(inst: np.ndarray, tmap: np.ndarray) -> np.ndarray:
+    """Per-pixel type map in which every instance carries the majority type of its pixels.
+
+    Background-typed (0) pixels inside an instance do not vote unless the
+    instance has no typed pixel at all (then it stays 0 = untyped).
+    """
+    ids, n = compact_ids(inst)
+    t = np.asarray(tmap, np.int64)
+    n_t = int(t.max()) + 1 if t.size else 1
+    counts = np.bincount((ids.astype(np.int64) * n_t + t).ravel(), minlength=n * n_t).reshape(n, n_t)
+    counts[:, 0] = 0
+    best = counts.argmax(axis=1)
+    best[counts.max(axis=1) == 0] = 0
+    best[0] = 0
+    return best[ids].astype(np.int32)
+
+
+def decode_class_mask(rgb: np.ndarray, info: TypeInfo, source: str) -> np.ndarray:
+    """Colour-coded class mask -> type id map; unknown colours are an error listing them."""
+    code = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    lut = {(r << 16) | (g << 8) | b: i for i, (r, g, b) in enumerate(info.colors)}
+    uniq, inv = np.unique(code, return_inverse=True)
+    unknown = [int(u) for u in uniq if int(u) not in lut]
+    if unknown:
+        shown = ", ".join(f"({u >> 16}, {(u >> 8) & 255}, {u & 255})" for u in unknown[:5])
+        raise InputError(
+            f"{source}: {len(unknown)} colour(s) not in type_info ({shown}"
+            f"{', ...' if len(unknown) > 5 else ''}); known: {list(info.colors)}"
+        )
+    return np.array([lut[int(u)] for u in uniq], np.int32)[inv.reshape(code.shape)]
+
+
+def components_per_class(tmap: np.ndarray) -> np.ndarray:
+    """Instances from a class map: 8-connected components of each class, numbered 1..k."""
+    inst = np.zeros(tmap.shape, np.int32)
+    nxt = 0
+    for t in np.unique(tmap):
+        if t == 0:
+            continue
+        lab, n = ndimage.label(tmap == t, structure=np.ones((3, 3), bool))
+        inst[lab > 0] = lab[lab > 0] + nxt
+        nxt += n
+    return inst
+
+
+def _check_shape(what: str, path: Path, arr: np.ndarray, image: np.ndarray, image_path: Path) -> None:
+    if arr.shape[:2] != image.shape[:2]:
+        raise InputError(
+            f"{path}: {what} size {arr.shape[1]}x{arr.shape[0]} (WxH) does not match image "
+            f"{image_path.name} size {image.shape[1]}x{image.shape[0]}"
+        )
+
+
+def read_record(rec: ImageRecord, cfg: DataConfig, type_info: TypeInfo | None = None) -> Sample:
+    """Read one dataset entry at its native resolution."""
+    image = read_rgb(rec.image)
+    tmap: np.ndarray | None = None
+    inst: np.ndarray | None = None
+    if rec.label is not None:
+        if cfg.label_format == "mat":
+            inst, mat_types = _read_mat(rec.label)
+            if cfg.type_source == "type_map":
+                if mat_types is None:
+                    raise InputError(f"{rec.label}: data.type_source='type_map' but the file has no type_map")
+                tmap = mat_types
+        else:
+            inst = read_label(rec.label)
+        _check_shape("label map", rec.label, inst, image, rec.image)
+    if cfg.type_source == "type_map" and tmap is None:
+        tmap = read_label(rec.type_path)  # type: ignore[arg-type]
+    elif cfg.type_source == "color":
+        if type_info is None:
+            raise InputError(f"{rec.type_path}: type_source='color' needs type_info colours")
+        tmap = decode_class_mask(read_rgb(rec.type_path), type_info, str(rec.type_path))  # type: ignore[arg-type]
+    if tmap is not None:
+        _check_shape("type map", rec.type_path or rec.label, tmap, image, rec.image)  # type: ignore[arg-type]
+    if inst is None:
+        inst = components_per_class(tmap)  # type: ignore[arg-type]
+    if cfg.type_source == "csv":
+        tmap = np.where(inst > 0, rec.image_type, 0).astype(np.int32)
+    elif tmap is not None:
+        tmap = majority_types(inst, tmap)
+    return Sample(rec.name, image, inst, tmap, rec.patient, rec.image)
+
+
+def _type_info_for(cfg: Config) -> TypeInfo | None:
+    if cfg.data.type_source != "color":
+        return None
+    return load_type_info(cfg.type_info)
+
+
+def check_types(sample: Sample, nr_types: int) -> None:
+    """Type ids must fit the model's type head (``nr_types`` counts background)."""
+    if sample.type_map is None or nr_types == 0:
+        return
+    hi = int(sample.type_map.max()) if sample.type_map.size else 0
+    if hi >= nr_types:
+        raise InputError(
+            f"{sample.source}: type id {hi} found but model.nr_types={nr_types} (ids 0..{nr_types - 1})"
+        )
+
+
+def iter_samples(
+    cfg: Config, records: list[ImageRecord] | None = None, proc_mpp: float | None = None
+) -> Iterator[Sample]:
+    """Read the dataset, resampled from ``data.image_mpp`` to ``proc_mpp`` (default ``cfg.proc_mpp``)."""
+    records = list_records(cfg.data) if records is None else records
+    info = _type_info_for(cfg)
+    dst = cfg.proc_mpp if proc_mpp is None else proc_mpp
+    use_types = cfg.data.type_source != "none" and cfg.model.nr_types > 0
+    for rec in records:
+        s = read_record(rec, cfg.data, info)
+        if not use_types:
+            s.type_map = None
+        check_types(s, cfg.model.nr_types)
+        s.image, (s.inst, s.type_map) = resample_pair(s.image, [s.inst, s.type_map], cfg.data.image_mpp, dst)
+        yield s
