@@ -1,0 +1,215 @@
+"""Predictors: the one interface between a network and the tiling engines.
+
+Tile inference (:mod:`hovercrypt.infer.tile`) and the whole-slide engine only
+ever call ``predictor.predict(tiles, origins)``. Keeping the network behind this
+small interface lets tests swap in *oracle* predictors that render exact maps
+(from a known instance map, using ``origins`` to know where each tile lies), so
+tiling, stitching and export can be checked exactly without training a model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: map channels whose sign flips with the image: (map name, channel, axis flipped).
+#: HV channel 0 is the x offset (negated by a horizontal flip), channel 1 the y offset.
+_SIGNED_CHANNELS = {"hv": {"h": 0, "v": 1}}
+
+#: the four flips of test-time augmentation as (flip horizontally, flip vertically).
+TTA_FLIPS: tuple[tuple[bool, bool], ...] = ((False, False), (True, False), (False, True), (True, True))
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    """Turns RGB tiles into dense output maps.
+
+    ``input_size``/``output_size``: square network windows; the output is the
+    centre ``output_size`` crop of the input window. ``predict`` gets uint8 tiles
+    ``(N, in, in, 3)`` and, optionally, ``origins`` ``(N, 2)`` = (x, y) of each
+    tile's top-left in processing-resolution pixels of the whole image/slide
+    (negative inside the mirror padding). Networks ignore ``origins``; oracle
+    predictors use it. Returns float32 maps ``(N, out, out, C)`` per map name.
+    """
+
+    input_size: int
+    output_size: int
+    arch: str
+    nr_types: int
+
+    def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]: ...
+
+
+def check_predictor(predictor: Any) -> None:
+    """Fail early with a clear message when a predictor's windows cannot be centre-aligned."""
+    inp, out = int(predictor.input_size), int(predictor.output_size)
+    if out <= 0 or inp < out or (inp - out) % 2:
+        raise ValueError(
+            f"predictor windows input={inp} output={out}: need 0 < output <= input and an even difference"
+        )
+
+
+def unflip(maps: dict[str, np.ndarray], flip_h: bool, flip_v: bool) -> dict[str, np.ndarray]:
+    """Undo a flip of the input on channel-last ``(N, h, w, C)`` maps.
+
+    Flipping the image mirrors the maps back into place *and* reverses the
+    direction of the signed offset channels (HV): a pixel left of a crypt centre
+    becomes right of it, so the x offset must be negated after an h-flip, the
+    y offset after a v-flip.
+    """
+    res = {}
+    for name, m in maps.items():
+        if flip_h:
+            m = m[:, :, ::-1]
+        if flip_v:
+            m = m[:, ::-1]
+        signed = _SIGNED_CHANNELS.get(name)
+        if signed and (flip_h or flip_v):
+            m = m.copy()
+            if flip_h:
+                m[..., signed["h"]] *= -1
+            if flip_v:
+                m[..., signed["v"]] *= -1
+        res[name] = np.ascontiguousarray(m, dtype=np.float32)
+    return res
+
+
+def predict_tta(
+    predict_fn: Any, tiles: np.ndarray, origins: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Average ``predict_fn`` over the four flips (identity, h, v, hv), each un-flipped.
+
+    ``predict_fn(tiles, origins)`` returns channel-last maps. ``origins`` are passed
+    unchanged: a flipped tile still covers the same region of the slide.
+    """
+    total: dict[str, np.ndarray] = {}
+    for flip_h, flip_v in TTA_FLIPS:
+        t = tiles
+        if flip_h:
+            t = t[:, :, ::-1]
+        if flip_v:
+            t = t[:, ::-1]
+        maps = unflip(predict_fn(np.ascontiguousarray(t), origins), flip_h, flip_v)
+        for k, v in maps.items():
+            total[k] = total[k] + v if k in total else v.astype(np.float32, copy=True)
+    return {k: v / np.float32(len(TTA_FLIPS)) for k, v in total.items()}
+
+
+def resolve_amp(amp: str, device: Any) -> Any:
+    """The autocast dtype for ``amp`` ("auto" | "bf16" | "fp16" | "none") on ``device``, or None.
+
+    "auto": bf16 on CUDA when supported (fp16 otherwise); bf16 on CPUs with
+    native bf16 (AVX512-BF16 / AMX, about 2x faster there), fp32 elsewhere.
+    """
+    import torch
+
+    if amp not in ("auto", "bf16", "fp16", "none"):
+        raise ValueError(f"amp must be auto/bf16/fp16/none, got {amp!r}")
+    if amp == "none":
+        return None
+    dev = torch.device(device)
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "fp16":
+        return torch.float16
+    if dev.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if dev.type == "cpu":
+        cpu = getattr(torch, "cpu", None)
+        native = any(
+            bool(getattr(cpu, fn, lambda: False)())
+            for fn in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        )
+        return torch.bfloat16 if native else None
+    return None
+
+
+class NetworkPredictor:
+    """A :class:`Predictor` around a hovercrypt model (anything with ``forward`` and ``to_maps``).
+
+    Tiles are sent through the network in chunks of ``batch_size`` under
+    ``torch.inference_mode`` and autocast (see :func:`resolve_amp`); with
+    ``tta`` each chunk runs four times (flips) and the un-flipped maps are averaged.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        device: Any = "cpu",
+        batch_size: int = 8,
+        tta: bool = False,
+        amp: str = "auto",
+        config: Any = None,
+    ) -> None:
+        import torch
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.batch_size = int(batch_size)
+        self.tta = bool(tta)
+        self.amp_dtype = resolve_amp(amp, self.device)
+        self.config = config if config is not None else getattr(model, "config", None)
+        self.model_path: str | None = None  # set by from_checkpoint; recorded in exported metadata
+        self.input_size = int(model.input_size)
+        self.output_size = int(model.output_size)
+        self.arch = str(model.arch)
+        nr = getattr(model, "nr_types", None)
+        if nr is None and self.config is not None:
+            nr = self.config.model.nr_types
+        self.nr_types = int(nr or 0)
+        check_predictor(self)
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: Any = "cpu",
+        batch_size: int = 8,
+        tta: bool = False,
+        amp: str = "auto",
+    ) -> NetworkPredictor:
+        """Load a checkpoint (via ``hovercrypt.models.checkpoint.load_model``) with its stored Config."""
+        from hovercrypt.models.checkpoint import load_model
+
+        loaded = load_model(path, device)
+        model, cfg = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "config", None))
+        pred = cls(model, device=device, batch_size=batch_size, tta=tta, amp=amp, config=cfg)
+        pred.model_path = str(path)
+        return pred
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _forward(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        x = x.permute(0, 3, 1, 2).float().div_(255.0)
+        if self.device.type != "mps":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            maps = self.model.to_maps(self.model(x))
+        return {k: v.float().cpu().numpy().astype(np.float32, copy=False) for k, v in maps.items()}
+
+    def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if tiles.ndim != 4 or tiles.shape[1:] != (self.input_size, self.input_size, 3):
+            raise ValueError(
+                f"tiles must be (N, {self.input_size}, {self.input_size}, 3) uint8, got {tiles.shape}"
+            )
+        fn = self._forward
+        parts = []
+        for s in range(0, len(tiles), self.batch_size):
+            chunk = tiles[s : s + self.batch_size]
+            parts.append(predict_tta(fn, chunk) if self.tta else fn(chunk))
+        if not parts:
+            return {}
+        return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

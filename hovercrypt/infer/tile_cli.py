@@ -1,0 +1,203 @@
+"""``run_infer.py tile``: segment and count crypts in a folder of image tiles.
+
+For each image: read, resample to the model's processing resolution, run the
+overlap-tile inference, post-process, map back to the input resolution, and
+write ``json/``, ``mat/``, ``overlay/`` and ``geojson/`` outputs; one
+``counts.csv`` covers the run. A bad image is reported and skipped so one
+corrupt file does not cost a long batch; the exit code then is 1.
+
+``resolve_device``, ``resolve_type_info`` and ``write_image_outputs`` are
+shared with the whole-slide command.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hovercrypt.config import ConfigError
+from hovercrypt.io.images import IMAGE_EXTS, InputError, read_rgb, write_png
+from hovercrypt.io.type_info import TypeInfo, load_type_info
+
+OUTPUT_DIRS = ("json", "mat", "overlay", "geojson")
+
+
+def _notice(msg: str) -> None:
+    tqdm.write(msg, file=sys.stderr)
+
+
+def resolve_device(gpu: str | None) -> str:
+    """``--gpu`` value -> torch device string. Empty -> CPU (with a notice); "0" or "0,1" -> cuda:0."""
+    gpu = (gpu or "").strip()
+    if not gpu:
+        _notice("notice: no --gpu given, running on the CPU")
+        return "cpu"
+    import torch
+
+    first = gpu.split(",")[0].strip()
+    if not first.isdigit():
+        raise InputError(f"--gpu must be GPU ids like 0 or 0,1; got {gpu!r}")
+    if not torch.cuda.is_available() or int(first) >= torch.cuda.device_count():
+        raise InputError(f"--gpu {gpu}: CUDA device {first} is not available (use --gpu= for the CPU)")
+    if "," in gpu:
+        _notice(f"notice: tile inference uses one GPU; using cuda:{first}")
+    return f"cuda:{first}"
+
+
+def resolve_type_info(path: str | Path | None, nr_types: int) -> TypeInfo:
+    """Type names/colours from ``path``; when the file does not exist, generic defaults (with a notice).
+
+    A file with fewer types than the model predicts is an error: crypts of the
+    missing types would be exported nameless.
+    """
+    if path and Path(path).is_file():
+        ti = load_type_info(path)
+        if nr_types > 0 and len(ti) < nr_types:
+            raise InputError(
+                f"{path}: lists {len(ti)} types but the model predicts {nr_types} (with background)"
+            )
+        return ti
+    _notice(f"notice: type info {path} not found; using default type names")
+    return TypeInfo.default(nr_types)
+
+
+def list_images(input_dir: str | Path) -> list[Path]:
+    d = Path(input_dir)
+    if not d.is_dir():
+        raise InputError(f"{d}: input directory not found")
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    files = [p for p in files if not p.name.startswith(".")]
+    if not files:
+        raise InputError(f"{d}: no images ({', '.join(IMAGE_EXTS)}) found")
+    stems: dict[str, str] = {}
+    for p in files:  # outputs are named by stem: a.png and a.jpg would overwrite each other
+        if p.stem in stems:
+            raise InputError(f"{d}: {stems[p.stem]} and {p.name} share the name {p.stem!r}; rename one")
+        stems[p.stem] = p.name
+    return files
+
+
+def write_image_outputs(
+    output_dir: str | Path,
+    stem: str,
+    image: np.ndarray,
+    inst_map: np.ndarray,
+    info: Mapping[int, Mapping[str, Any]],
+    type_info: TypeInfo,
+    meta: Mapping[str, Any],
+    mpp: float | None = None,
+) -> None:
+    """Write ``json/<stem>.json``, ``mat/<stem>.mat``, ``overlay/<stem>.png``, ``geojson/<stem>.geojson``."""
+    from hovercrypt.io.export import to_feature_collection, write_geojson, write_instances_json, write_mat
+    from hovercrypt.io.overlay import draw_overlay
+
+    out = Path(output_dir)
+    write_instances_json(out / "json" / f"{stem}.json", info, meta, type_info)
+    write_mat(out / "mat" / f"{stem}.mat", inst_map, info)
+    thickness = max(1, round(min(image.shape[:2]) / 400))
+    write_png(out / "overlay" / f"{stem}.png", draw_overlay(image, info, type_info, thickness=thickness))
+    fc = to_feature_collection(info, type_info, object_type="annotation", mpp=mpp)
+    write_geojson(out / "geojson" / f"{stem}.geojson", fc["features"])
+
+
+def _float_opt(args: Mapping[str, Any], key: str) -> float | None:
+    v = args.get(key)
+    if v in (None, ""):
+        return None
+    try:
+        f = float(v)
+    except ValueError as e:
+        raise InputError(f"{key} must be a number, got {v!r}") from e
+    if f <= 0:
+        raise InputError(f"{key} must be > 0, got {v}")
+    return f
+
+
+def _int_opt(args: Mapping[str, Any], key: str, default: int) -> int:
+    v = args.get(key)
+    try:
+        n = int(v) if v not in (None, "") else default
+    except ValueError as e:
+        raise InputError(f"{key} must be an integer, got {v!r}") from e
+    if n < 1:
+        raise InputError(f"{key} must be >= 1, got {n}")
+    return n
+
+
+def load_predictor(args: Mapping[str, Any], batch_size: int) -> Any:
+    """The checkpoint from ``--model_path`` (default: the shipped model) as a NetworkPredictor."""
+    from hovercrypt.infer.predictor import NetworkPredictor
+
+    model_path = args.get("--model_path")
+    if not model_path:
+        from hovercrypt.models.checkpoint import default_model_path
+
+        model_path = default_model_path()
+    if not Path(model_path).is_file():
+        raise InputError(f"{model_path}: model checkpoint not found (give one with --model_path)")
+    device = resolve_device(args.get("--gpu"))
+    tta = bool(args.get("--tta"))
+    pred = NetworkPredictor.from_checkpoint(model_path, device, batch_size=batch_size, tta=tta)
+    if pred.config is None:
+        raise InputError(f"{model_path}: checkpoint holds no config (proc_mpp, post-processing)")
+    return pred
+
+
+def run_tile_cli(args: Mapping[str, Any]) -> int:
+    """Entry point for ``run_infer.py tile`` (``args``: the docopt dict). Returns the exit code."""
+    from hovercrypt.infer.tile import segment_image
+    from hovercrypt.io.export import count_by_type, count_columns, write_counts_csv
+
+    try:
+        files = list_images(args["--input_dir"])
+        batch_size = _int_opt(args, "--batch_size", 8)
+        input_mpp = _float_opt(args, "--input_mpp")
+        predictor = load_predictor(args, batch_size)
+        cfg = predictor.config
+        type_info = resolve_type_info(args.get("--type_info_path"), predictor.nr_types)
+    except (InputError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    proc_mpp = float(cfg.proc_mpp)
+    params = cfg.postproc.pixels(proc_mpp)
+    out_dir = Path(args["--output_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    columns = ["image", *count_columns(type_info, predictor.nr_types), "total"]
+    rows: list[dict[str, Any]] = []
+    failed: list[str] = []
+    for path in tqdm(files, desc="images", unit="img"):
+        t0 = time.perf_counter()
+        try:
+            image = read_rgb(path)
+            inst, info = segment_image(
+                predictor, image, proc_mpp, params, input_mpp=input_mpp, batch_size=batch_size
+            )
+            meta = {
+                "image": path.name,
+                "width": int(image.shape[1]),
+                "height": int(image.shape[0]),
+                "mpp": input_mpp or proc_mpp,
+                "proc_mpp": proc_mpp,
+                "model": getattr(predictor, "model_path", None),
+                "arch": predictor.arch,
+                "tta": bool(getattr(predictor, "tta", False)),
+                "seconds": round(time.perf_counter() - t0, 3),
+            }
+            write_image_outputs(out_dir, path.stem, image, inst, info, type_info, meta, mpp=meta["mpp"])
+        except Exception as e:  # one bad image must not stop the batch
+            msg = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
+            tqdm.write(f"error: {msg}", file=sys.stderr)
+            failed.append(path.name)
+            continue
+        rows.append({"image": path.name, **count_by_type(info, type_info, predictor.nr_types)})
+    write_counts_csv(out_dir / "counts.csv", rows, columns)
+    if failed:
+        print(f"error: {len(failed)} of {len(files)} image(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0

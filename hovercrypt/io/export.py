@@ -1,0 +1,248 @@
+"""Instance exports: JSON / JSON Lines, HoVer-Net-style .mat, QuPath GeoJSON, counts CSV.
+
+Every writer takes the per-instance dicts of ``hovercrypt.postproc.instance_info``
+(``bbox``, ``centroid``, ``contour``, ``area``, ``type``, ``type_prob``) so tile
+and whole-slide inference share one code path. Coordinates are written as
+given; the optional ``scale``/``offset`` (``out = in * scale + offset``) let the
+slide engine move processing-resolution results to level-0 pixels without
+touching the instances. All writes are atomic.
+
+QuPath conventions followed by :func:`geojson_feature` (QuPath >= 0.3,
+*File > Import objects from file*): a ``FeatureCollection`` of ``Feature``s
+with ``Polygon`` geometries in full-resolution pixel units, origin at the
+image's top-left corner (so pixel centres are at +0.5); each ring closed
+(last point == first); ``properties`` hold ``objectType`` ("annotation" =
+editable, "detection" = lightweight, for many objects), ``classification``
+``{"name", "color": [r, g, b]}`` and ``measurements`` as a name -> number
+mapping.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hovercrypt.io.atomic import atomic_write, atomic_write_text
+from hovercrypt.io.type_info import TypeInfo
+
+InstanceInfo = Mapping[int, Mapping[str, Any]]
+
+
+def _xy(points: Any, scale: float = 1.0, offset: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
+    """Points as float64 (N, 2) (x, y), transformed by ``scale`` and ``offset``."""
+    arr = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if scale != 1.0 or offset[0] or offset[1]:
+        arr = arr * scale + np.asarray(offset, np.float64)
+    return arr
+
+
+def _num(v: float) -> float | int:
+    """A JSON number: ints stay ints, floats rounded to 3 decimals (sub-pixel noise only bloats files)."""
+    f = float(v)
+    return int(f) if f.is_integer() else round(f, 3)
+
+
+def closed_ring(
+    contour: Any, scale: float = 1.0, offset: Sequence[float] = (0.0, 0.0), half_pixel: bool = False
+) -> list[list[float]]:
+    """A closed polygon ring ``[[x, y], ..., first]``.
+
+    Contours of 1-2 distinct points (tiny or 1-pixel-wide objects) are not
+    valid polygons; they become the square around those pixel centres widened
+    by half a pixel, so the ring has an area. ``half_pixel`` adds 0.5 before
+    scaling: pixel-index coordinates (pixel centres at integers) become
+    continuous ones where pixel ``(i, j)`` spans ``[i, i+1) x [j, j+1)`` (QuPath's).
+    """
+    pts = _xy(contour)
+    if len(pts) > 1 and np.array_equal(pts[0], pts[-1]):
+        pts = pts[:-1]
+    if not len(pts):
+        raise ValueError("empty contour")
+    if len(np.unique(pts, axis=0)) < 3:
+        x0, y0 = pts.min(0) - 0.5
+        x1, y1 = pts.max(0) + 0.5
+        pts = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    if half_pixel:
+        pts = pts + 0.5
+    pts = _xy(pts, scale, offset)
+    ring = [[_num(x), _num(y)] for x, y in pts]
+    ring.append(list(ring[0]))
+    return ring
+
+
+def instance_record(
+    inst_id: int,
+    inst: Mapping[str, Any],
+    scale: float = 1.0,
+    offset: Sequence[float] = (0.0, 0.0),
+    type_info: TypeInfo | None = None,
+) -> dict[str, Any]:
+    """A JSON-ready dict for one instance (also one line of a JSON Lines file).
+
+    ``area`` is scaled by ``scale**2`` so it stays in the output pixel units.
+    """
+    bbox = _xy(np.asarray(inst["bbox"]).reshape(2, 2), scale, offset).ravel()
+    rec: dict[str, Any] = {
+        "id": int(inst_id),
+        "bbox": [_num(v) for v in bbox],
+        "centroid": [_num(v) for v in _xy(inst["centroid"], scale, offset)[0]],
+        "contour": [[_num(x), _num(y)] for x, y in _xy(inst["contour"], scale, offset)],
+        "area": _num(float(inst["area"]) * scale * scale),
+        "type": int(inst.get("type", 0) or 0),
+        "type_prob": None if inst.get("type_prob") is None else _num(inst["type_prob"]),
+    }
+    if type_info is not None:
+        rec["type_name"] = type_info.name(rec["type"])
+    return rec
+
+
+def instances_document(
+    info: InstanceInfo, meta: Mapping[str, Any], type_info: TypeInfo | None = None
+) -> dict[str, Any]:
+    """The per-image JSON: image-level ``meta`` plus ``instances`` {id: record} (ids as strings)."""
+    doc = dict(meta)
+    if type_info is not None:
+        doc["type_info"] = type_info.to_json_dict()
+    doc["nr_instances"] = len(info)
+    doc["instances"] = {
+        str(int(k)): {kk: vv for kk, vv in instance_record(k, v, type_info=type_info).items() if kk != "id"}
+        for k, v in sorted(info.items())
+    }
+    return doc
+
+
+def write_instances_json(
+    path: str | Path, info: InstanceInfo, meta: Mapping[str, Any], type_info: TypeInfo | None = None
+) -> None:
+    atomic_write_text(path, json.dumps(instances_document(info, meta, type_info)))
+
+
+def write_jsonl(path: str | Path, records: Iterable[Mapping[str, Any]]) -> int:
+    """Write one JSON object per line (streams, so slide-sized outputs need no big string); returns lines."""
+    n = 0
+    with atomic_write(path, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def write_mat(path: str | Path, inst_map: np.ndarray, info: InstanceInfo) -> None:
+    """HoVer-Net-style .mat: ``inst_map`` int32 (H, W), ``inst_uid``/``inst_type`` (K, 1), ``inst_centroid``.
+
+    ``inst_centroid`` is (K, 2) float (x, y). Rows follow ascending instance id;
+    ``inst_uid`` gives the id of each row.
+    """
+    import scipy.io
+
+    ids = sorted(int(k) for k in info)
+    data = {
+        "inst_map": np.ascontiguousarray(inst_map, dtype=np.int32),
+        "inst_uid": np.array(ids, np.int32).reshape(-1, 1),
+        "inst_type": np.array([int(info[i].get("type", 0) or 0) for i in ids], np.int32).reshape(-1, 1),
+        "inst_centroid": np.array([_xy(info[i]["centroid"])[0] for i in ids], np.float64).reshape(-1, 2),
+    }
+    with atomic_write(path, "wb") as f:
+        scipy.io.savemat(f, data, do_compression=True)
+
+
+def geojson_feature(
+    inst_id: int,
+    inst: Mapping[str, Any],
+    type_info: TypeInfo,
+    object_type: str = "annotation",
+    scale: float = 1.0,
+    offset: Sequence[float] = (0.0, 0.0),
+    mpp: float | None = None,
+) -> dict[str, Any]:
+    """One QuPath-importable polygon feature; ``mpp`` (of the output pixels) adds an area in um^2.
+
+    Vertices are shifted by half a pixel (see :func:`closed_ring`) so the polygon
+    sits on the pixel boundaries in QuPath: coordinates lie in ``[0, W] x [0, H]``.
+    """
+    if object_type not in ("annotation", "detection"):
+        raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
+    t = int(inst.get("type", 0) or 0)
+    area_px = float(inst["area"]) * scale * scale
+    measurements: dict[str, float | int] = {"Instance id": int(inst_id), "Area px": _num(area_px)}
+    if inst.get("type_prob") is not None:
+        measurements["Type probability"] = _num(inst["type_prob"])
+    if mpp:
+        measurements["Area um^2"] = _num(area_px * mpp * mpp)
+    contour = inst.get("contour")
+    if contour is None or not len(contour):  # no traced boundary: fall back to the box's pixel centres
+        x0, y0, x1, y1 = (float(v) for v in inst["bbox"])
+        contour = [[x0, y0], [x1 - 1, y0], [x1 - 1, y1 - 1], [x0, y1 - 1]]
+    label = type_info.name(t) if t > 0 else "crypt"
+    props: dict[str, Any] = {"objectType": object_type, "name": f"{label} {int(inst_id)}"}
+    if t > 0:  # type 0 (no type head) stays unclassified in QuPath rather than "background"
+        props["classification"] = {"name": type_info.name(t), "color": [int(c) for c in type_info.color(t)]}
+    props["isLocked"] = False
+    props["measurements"] = measurements
+    return {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [closed_ring(contour, scale, offset, True)]},
+        "properties": props,
+    }
+
+
+def to_feature_collection(
+    info: InstanceInfo,
+    type_info: TypeInfo,
+    object_type: str = "annotation",
+    scale: float = 1.0,
+    offset: Sequence[float] = (0.0, 0.0),
+    mpp: float | None = None,
+) -> dict[str, Any]:
+    feats = [
+        geojson_feature(k, v, type_info, object_type, scale, offset, mpp) for k, v in sorted(info.items())
+    ]
+    return {"type": "FeatureCollection", "features": feats}
+
+
+def write_geojson(path: str | Path, features: Iterable[Mapping[str, Any]]) -> int:
+    """Stream a FeatureCollection to ``path`` feature by feature; returns the feature count."""
+    n = 0
+    with atomic_write(path, "w") as f:
+        f.write('{"type": "FeatureCollection", "features": [')
+        for feat in features:
+            f.write(",\n" if n else "\n")
+            f.write(json.dumps(feat))
+            n += 1
+        f.write("\n]}\n")
+    return n
+
+
+def count_columns(type_info: TypeInfo, nr_types: int) -> list[str]:
+    """Per-type count columns: the names of type ids 1..T-1 (none when the model has no type head)."""
+    n = max(len(type_info), nr_types) if nr_types > 0 else 0
+    return [type_info.name(t) for t in range(1, n)]
+
+
+def count_by_type(info: InstanceInfo, type_info: TypeInfo, nr_types: int) -> dict[str, int]:
+    """Counts per type name plus ``total``. Untyped instances (type 0) appear in ``total`` only."""
+    counts = dict.fromkeys(count_columns(type_info, nr_types), 0)
+    for inst in info.values():
+        t = int(inst.get("type", 0) or 0)
+        name = type_info.name(t)
+        if t > 0 and name in counts:
+            counts[name] += 1
+    counts["total"] = len(info)
+    return counts
+
+
+def write_counts_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
+    """Write ``rows`` (dicts) with a header of ``columns`` (missing values left empty)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    atomic_write_text(path, buf.getvalue())

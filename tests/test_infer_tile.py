@@ -1,0 +1,416 @@
+"""Overlap-tile inference, predictors and TTA, and `run_infer.py tile` end to end."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hovercrypt.infer.predictor import TTA_FLIPS, NetworkPredictor, predict_tta, unflip
+from hovercrypt.infer.tile import predict_image, tile_grid
+
+
+class CropPredictor:
+    """Returns the centre crop of each input tile: a perfect overlap-tile run reproduces the image."""
+
+    arch = "fake"
+    nr_types = 0
+
+    def __init__(self, inp: int = 20, out: int = 8) -> None:
+        self.input_size, self.output_size = inp, out
+        self.calls: list[np.ndarray] = []
+
+    def predict(self, tiles, origins=None):
+        self.calls.append(np.asarray(origins))
+        m = (self.input_size - self.output_size) // 2
+        return {"img": tiles[:, m : m + self.output_size, m : m + self.output_size].astype(np.float32)}
+
+
+class CoordPredictor(CropPredictor):
+    """Renders the global (x, y) of every output pixel from ``origins`` (as an oracle predictor would)."""
+
+    def predict(self, tiles, origins=None):
+        self.calls.append(np.asarray(origins))
+        m = (self.input_size - self.output_size) // 2
+        o = self.output_size
+        yy, xx = np.mgrid[0:o, 0:o]
+        res = np.empty((len(tiles), o, o, 2), np.float32)
+        for k, (x0, y0) in enumerate(origins):
+            res[k, ..., 0] = x0 + m + xx
+            res[k, ..., 1] = y0 + m + yy
+        return {"xy": res}
+
+
+class ContextPredictor(CropPredictor):
+    """Output depends on the whole input window (mean of the tile + the centre pixel)."""
+
+    def predict(self, tiles, origins=None):
+        m = (self.input_size - self.output_size) // 2
+        c = tiles[:, m : m + self.output_size, m : m + self.output_size, :1].astype(np.float32)
+        return {"v": c + tiles.reshape(len(tiles), -1).mean(1)[:, None, None, None].astype(np.float32)}
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 9), (7, 3), (31, 17), (257, 301)])
+@pytest.mark.parametrize("origin", [(0, 0), (5, -3), (-13, 22)])
+def test_predict_image_reproduces_image_exactly(shape, origin):
+    rng = np.random.default_rng(sum(shape))
+    img = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    out = predict_image(CropPredictor(21 + 1, 8), img, batch_size=3, origin=origin)["img"]
+    assert out.shape == (*shape, 3) and out.dtype == np.float32
+    np.testing.assert_array_equal(out, img)
+
+
+def test_predict_image_passes_global_origins_on_anchored_grid():
+    pred = CoordPredictor(20, 8)
+    ox, oy = 13, -5
+    out = predict_image(pred, np.zeros((29, 37, 3), np.uint8), batch_size=4, origin=(ox, oy))["xy"]
+    yy, xx = np.mgrid[0:29, 0:37]
+    np.testing.assert_array_equal(out[..., 0], ox + xx)
+    np.testing.assert_array_equal(out[..., 1], oy + yy)
+    origins = np.concatenate(pred.calls)
+    # input windows start at k*out - m in global pixels: the grid is anchored at the global origin
+    assert np.all((origins + 6) % 8 == 0)
+    assert len(origins) == tile_grid(ox, 37, 8)[1] * tile_grid(oy, 29, 8)[1]
+
+
+def test_overlapping_regions_give_identical_interior_outputs():
+    """Two regions of one image, read at different offsets, agree wherever both have full context."""
+    rng = np.random.default_rng(1)
+    big = rng.integers(0, 256, (90, 110, 3), dtype=np.uint8)
+    pred = ContextPredictor(20, 8)
+    a = predict_image(pred, big[0:70, 0:80], origin=(0, 0))["v"]
+    b = predict_image(pred, big[17:90, 23:110], origin=(23, 17))["v"]
+    # interior of the overlap: pixels at least (m + out) from both regions' padded edges
+    m = 6 + 8
+    ys, xs = slice(17 + m, 70 - m), slice(23 + m, 80 - m)
+    np.testing.assert_array_equal(a[ys, xs], b[ys.start - 17 : ys.stop - 17, xs.start - 23 : xs.stop - 23])
+    # and the context predictor really depends on context: the padded border differs
+    assert not np.array_equal(a[17:20, 23:30], b[0:3, 0:7])
+
+
+def test_predict_image_rejects_bad_input():
+    with pytest.raises(ValueError, match="uint8"):
+        predict_image(CropPredictor(), np.zeros((5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="even difference"):
+        predict_image(CropPredictor(21, 8), np.zeros((5, 5, 3), np.uint8))
+
+
+# ---------------------------------------------------------------- TTA
+
+
+def _gradient_maps(tiles, origins=None):
+    """An equivariant fake network: NP = intensity, HV = (d/dx, d/dy) of intensity (central differences)."""
+    g = tiles[..., 0].astype(np.float32)
+    hx = np.zeros_like(g)
+    hy = np.zeros_like(g)
+    hx[:, :, 1:-1] = g[:, :, 2:] - g[:, :, :-2]
+    hy[:, 1:-1] = g[:, 2:] - g[:, :-2]
+    return {"np": g[..., None], "hv": np.stack([hx, hy], -1), "tp": np.stack([g, 2 * g], -1)}
+
+
+def test_tta_unflip_restores_equivariant_maps():
+    rng = np.random.default_rng(0)
+    tiles = rng.integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    ref = _gradient_maps(tiles)
+    avg = predict_tta(_gradient_maps, tiles)
+    for k in ref:
+        np.testing.assert_allclose(avg[k], ref[k], atol=1e-4)
+    # each single flip, un-flipped, must already equal the reference (the HV signs included)
+    for fh, fv in TTA_FLIPS:
+        t = tiles[:, :, ::-1] if fh else tiles
+        t = t[:, ::-1] if fv else t
+        one = unflip(_gradient_maps(np.ascontiguousarray(t)), fh, fv)
+        np.testing.assert_allclose(one["hv"], ref["hv"], atol=1e-4)
+
+
+def test_unflip_negates_only_the_flipped_axis_channel():
+    hv = np.zeros((1, 2, 3, 2), np.float32)
+    hv[..., 0], hv[..., 1] = 1.0, 2.0
+    assert np.all(unflip({"hv": hv}, True, False)["hv"][..., 0] == -1)
+    assert np.all(unflip({"hv": hv}, True, False)["hv"][..., 1] == 2)
+    assert np.all(unflip({"hv": hv}, False, True)["hv"][..., 1] == -2)
+    assert np.all(unflip({"hv": hv}, False, True)["hv"][..., 0] == 1)
+    assert np.all(unflip({"np": hv}, True, True)["np"] == hv)  # unsigned maps keep their sign
+
+
+class _GradNet:
+    """A torch stand-in for a model: HV = image gradients (conv), NP = sigmoid(intensity)."""
+
+    arch = "hovernet"
+    nr_types = 0
+    input_size, output_size = 12, 6
+
+    def __init__(self):
+        import torch
+
+        self.torch = torch
+        k = torch.zeros(2, 1, 3, 3)
+        k[0, 0, 1] = torch.tensor([-1.0, 0.0, 1.0])
+        k[1, 0, :, 1] = torch.tensor([-1.0, 0.0, 1.0])
+        self.k = k
+        self.seen_dtypes: list = []
+
+    def to(self, device):
+        return self
+
+    def eval(self):
+        return self
+
+    def __call__(self, x):
+        self.seen_dtypes.append(x.dtype)
+        g = x[:, :1]
+        hv = self.torch.nn.functional.conv2d(g, self.k.to(x.dtype), padding=1)[:, :, 3:9, 3:9]
+        return {"np": g[:, :, 3:9, 3:9], "hv": hv}
+
+    def to_maps(self, out):
+        return {"np": out["np"].permute(0, 2, 3, 1), "hv": out["hv"].permute(0, 2, 3, 1)}
+
+
+def test_network_predictor_tta_matches_plain_and_batches():
+    net = _GradNet()
+    rng = np.random.default_rng(2)
+    tiles = rng.integers(0, 256, (5, 12, 12, 3), dtype=np.uint8)
+    plain = NetworkPredictor(net, "cpu", batch_size=2, tta=False, amp="none").predict(tiles)
+    tta = NetworkPredictor(net, "cpu", batch_size=2, tta=True, amp="none").predict(tiles)
+    assert plain["hv"].shape == (5, 6, 6, 2) and plain["hv"].dtype == np.float32
+    np.testing.assert_allclose(plain["np"][..., 0], tiles[:, 3:9, 3:9, 0] / 255.0, atol=1e-6)
+    assert np.abs(plain["hv"]).max() > 0.1
+    for k in plain:
+        np.testing.assert_allclose(tta[k], plain[k], atol=1e-5)
+    with pytest.raises(ValueError, match="tiles must be"):
+        NetworkPredictor(net, "cpu", amp="none").predict(tiles[:, :10, :10])
+
+
+# ---------------------------------------------------------------- pipeline with an oracle predictor
+
+
+class OraclePredictor:
+    """Renders exact HoVer-Net maps of a known global instance map (at processing resolution).
+
+    It reads nothing from the tiles: ``origins`` tell it where each tile lies, so
+    the whole pipeline (tiling, post-processing, resampling back, export) can be
+    checked against known instances.
+    """
+
+    arch = "hovernet"
+    nr_types = 3
+    tta = False
+    model_path = "oracle"
+
+    def __init__(self, inst: np.ndarray, proc_mpp: float = 0.93, inp: int = 64, out: int = 32):
+        from hovercrypt.config import Config
+        from hovercrypt.data.targets import hv_maps
+
+        self.inst = inst
+        self.input_size, self.output_size = inp, out
+        self.config = Config(proc_mpp=proc_mpp)
+        self.types = {int(i): 1 + int(i) % 2 for i in np.unique(inst)[1:]}
+        tp_id = np.zeros(inst.shape, np.int64)
+        for i, t in self.types.items():
+            tp_id[inst == i] = t
+        fg = (inst > 0).astype(np.float32)[..., None]
+        self.maps = {"np": fg, "hv": hv_maps(inst), "tp": np.eye(3, dtype=np.float32)[tp_id]}
+
+    def predict(self, tiles, origins=None):
+        m = (self.input_size - self.output_size) // 2
+        o = self.output_size
+        h, w = self.inst.shape
+        res = {k: np.zeros((len(tiles), o, o, v.shape[2]), np.float32) for k, v in self.maps.items()}
+        for n, (x0, y0) in enumerate(origins):
+            gx, gy = x0 + m, y0 + m
+            sx, sy = slice(max(gx, 0), min(gx + o, w)), slice(max(gy, 0), min(gy + o, h))
+            if sx.stop <= sx.start or sy.stop <= sy.start:
+                continue
+            for k, v in self.maps.items():
+                res[k][n, sy.start - gy : sy.stop - gy, sx.start - gx : sx.stop - gx] = v[sy, sx]
+        return res
+
+
+def _oracle_layout(shape=(151, 173), seed=0):
+    from hovercrypt.data.synthetic import random_ellipses
+
+    return random_ellipses(shape, 10, radius_range=(16, 30), seed=seed)
+
+
+def _match(pred: np.ndarray, true: np.ndarray) -> dict[int, int]:
+    """true id -> pred id by majority overlap (for instances that got found)."""
+    out = {}
+    for t in np.unique(true)[1:]:
+        vals, cnt = np.unique(pred[true == t], return_counts=True)
+        keep = vals > 0
+        if keep.any():
+            out[int(t)] = int(vals[keep][np.argmax(cnt[keep])])
+    return out
+
+
+@pytest.mark.parametrize("factor", [1, 2])
+def test_segment_image_recovers_oracle_instances_in_input_pixels(factor):
+    from hovercrypt.infer.tile import segment_image
+
+    inst = _oracle_layout()
+    pred = OraclePredictor(inst)
+    h, w = inst.shape
+    image = np.zeros((h * factor, w * factor, 3), np.uint8)  # content is ignored by the oracle
+    params = pred.config.postproc.pixels(0.93)
+    got, info = segment_image(pred, image, 0.93, params, input_mpp=0.93 / factor, batch_size=5)
+    assert got.shape == image.shape[:2] and got.dtype == np.int32
+    true = np.repeat(np.repeat(inst, factor, 0), factor, 1)
+    big = [int(i) for i in np.unique(inst)[1:] if (inst == i).sum() >= params["min_object_area"]]
+    assert len(big) >= 5
+    match = _match(got, true)
+    assert set(big) <= set(match) and len(set(match.values())) == len(match)  # all found, none merged
+    assert set(info) == set(np.unique(got)[1:].tolist())
+    for t, p in match.items():
+        inter = np.logical_and(got == p, true == t).sum()
+        assert inter / np.logical_or(got == p, true == t).sum() > 0.9
+        assert info[p]["type"] == pred.types[t]
+        ys, xs = np.nonzero(got == p)
+        assert info[p]["centroid"] == pytest.approx([xs.mean(), ys.mean()], abs=1e-6)
+        assert info[p]["area"] == len(xs)
+
+
+# ---------------------------------------------------------------- run_infer.py tile
+
+
+def _run_infer(argv):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("run_infer", Path(__file__).parents[1] / "run_infer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main(argv)
+
+
+def _check_outputs(out, images, nr_types_cols):
+    """Every output exists, matches the input size, and the exports agree with each other."""
+    import csv
+    import json
+
+    import scipy.io
+
+    rows = {r["image"]: r for r in csv.DictReader((out / "counts.csv").open())}
+    assert set(rows) == set(images)
+    total = 0
+    for name, (h, w) in images.items():
+        stem = name.rsplit(".", 1)[0]
+        doc = json.loads((out / "json" / f"{stem}.json").read_text())
+        mat = scipy.io.loadmat(out / "mat" / f"{stem}.mat")
+        geo = json.loads((out / "geojson" / f"{stem}.geojson").read_text())
+        from hovercrypt.io.images import read_rgb
+
+        assert read_rgb(out / "overlay" / f"{stem}.png").shape == (h, w, 3)
+        assert mat["inst_map"].shape == (h, w) and mat["inst_map"].dtype == np.int32
+        assert (doc["width"], doc["height"]) == (w, h)
+        ids = sorted(int(k) for k in doc["instances"])
+        assert ids == sorted(set(np.unique(mat["inst_map"]).tolist()) - {0})
+        assert mat["inst_uid"].ravel().tolist() == ids
+        assert len(geo["features"]) == len(ids) == int(rows[name]["total"])
+        for f in geo["features"]:
+            ring = np.array(f["geometry"]["coordinates"][0], np.float64)
+            assert len(ring) >= 4 and np.array_equal(ring[0], ring[-1])
+            assert ring[:, 0].min() >= 0 and ring[:, 0].max() <= w
+            assert ring[:, 1].min() >= 0 and ring[:, 1].max() <= h
+        for col in nr_types_cols:
+            n = sum(v["type_name"] == col for v in doc["instances"].values())
+            assert int(rows[name][col]) == n
+        for v in doc["instances"].values():
+            x0, y0, x1, y1 = v["bbox"]
+            assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+        total += len(ids)
+    return total
+
+
+def test_cli_with_oracle_writes_consistent_outputs_and_survives_bad_image(tmp_path, monkeypatch, capsys):
+    import json
+
+    from hovercrypt.infer import tile_cli
+    from hovercrypt.io.images import write_png
+
+    inst = _oracle_layout((260, 240), seed=4)
+    monkeypatch.setattr(tile_cli, "load_predictor", lambda args, bs: OraclePredictor(inst))
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    images = {"a.png": (201, 157), "b.png": (163, 231)}  # odd sizes, both cut some crypts at the border
+    for name, hw in images.items():
+        write_png(src / name, rng.integers(0, 256, (*hw, 3), dtype=np.uint8))
+    (src / "broken.png").write_bytes(b"not a png")
+    names = {"0": ["bg", [0, 0, 0]], "1": ["normal", [0, 255, 0]], "2": ["dysplastic", [255, 0, 0]]}
+    (tmp_path / "ti.json").write_text(json.dumps(names))
+    out = tmp_path / "out"
+    ti = tmp_path / "ti.json"
+    rc = _run_infer(["tile", f"--input_dir={src}", f"--output_dir={out}", f"--type_info_path={ti}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "broken.png" in err
+    assert not (out / "json" / "broken.json").exists()
+    assert _check_outputs(out, images, ["normal", "dysplastic"]) >= 6
+    # types survive to the exports: compare with the oracle's type of the instance under each centroid
+    doc = json.loads((out / "json" / "a.json").read_text())
+    assert doc["type_info"]["1"] == ["normal", [0, 255, 0]]
+    for v in doc["instances"].values():
+        cx, cy = (int(round(c)) for c in v["centroid"])
+        t = inst[cy, cx]
+        if t:
+            assert v["type"] == 1 + t % 2
+
+
+def test_cli_helpers_give_clear_errors(tmp_path, capsys):
+    import json
+
+    from hovercrypt.infer.tile_cli import resolve_device, resolve_type_info
+    from hovercrypt.io.images import InputError
+
+    assert resolve_device("") == "cpu"
+    assert "CPU" in capsys.readouterr().err
+    with pytest.raises(InputError, match="GPU ids"):
+        resolve_device("x")
+    ti = tmp_path / "ti.json"
+    ti.write_text(json.dumps({"0": ["bg", [0, 0, 0]], "1": ["crypt", [0, 255, 0]]}))
+    with pytest.raises(InputError, match="ti.json.*model predicts 3"):
+        resolve_type_info(ti, 3)
+    assert resolve_type_info(ti, 2).names == ("bg", "crypt")
+    assert resolve_type_info(tmp_path / "missing.json", 3).names == ("background", "type1", "type2")
+    rc = _run_infer(["tile", f"--input_dir={tmp_path / 'nope'}", f"--output_dir={tmp_path / 'o'}"])
+    assert rc == 1 and "nope: input directory not found" in capsys.readouterr().err
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "a.jpg").write_bytes(b"")
+    rc = _run_infer(["tile", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}"])
+    assert rc == 1 and "share the name 'a'" in capsys.readouterr().err
+
+
+def test_cli_end_to_end_with_random_weight_model(tmp_path, capsys):
+    """The real path: checkpoint -> NetworkPredictor -> resampling -> post-processing -> exports."""
+    import torch
+
+    from hovercrypt.config import Config, DataConfig, ModelConfig
+    from hovercrypt.io.images import write_png
+    from hovercrypt.models.checkpoint import save_checkpoint
+    from hovercrypt.models.hovernet import HoVerNet
+
+    torch.manual_seed(0)
+    mcfg = ModelConfig(encoder="resnet18", mode="fast", decoder_width=0.125, dense_units=(1, 1), nr_types=3)
+    cfg = Config(model=mcfg, data=DataConfig(patch_size=256))
+    ckpt = tmp_path / "model.pt"
+    save_checkpoint(ckpt, HoVerNet(mcfg, check=False), cfg)  # load_model rebuilds it with the shape check
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(1)
+    images = {"x.png": (301, 257), "y.jpg": (263, 331)}
+    for name, hw in images.items():
+        from PIL import Image
+
+        Image.fromarray(rng.integers(0, 256, (*hw, 3), dtype=np.uint8)).save(src / name)
+    write_png(src / "z.tif", np.zeros((5, 5, 3), np.uint8))  # a PNG named .tif: unreadable as TIFF
+    out = tmp_path / "out"
+    argv = ["tile", f"--input_dir={src}", f"--output_dir={out}", f"--model_path={ckpt}", "--batch_size=2"]
+    # input at a third of the processing um/px: images are shrunk 3x for the network (one tile each,
+    # which keeps the test fast), results are mapped back to the input pixels
+    rc = _run_infer([*argv, f"--input_mpp={cfg.proc_mpp / 3}", f"--type_info_path={tmp_path / 'none.json'}"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "z.tif" in err and "running on the CPU" in err
+    _check_outputs(out, images, ["type1", "type2"])
+    import json
+
+    doc = json.loads((out / "json" / "x.json").read_text())
+    assert doc["mpp"] == pytest.approx(cfg.proc_mpp / 3) and doc["proc_mpp"] == cfg.proc_mpp
+    assert doc["model"] == str(ckpt) and doc["arch"] == "hovernet"
