@@ -1,0 +1,327 @@
+"""Whole-slide inference engine: tissue -> regions -> tiles -> maps -> stitched, counted crypts.
+
+Memory stays bounded by the region size, not the slide: a reader thread
+prefetches a few extended regions (uint8), the main thread runs the network
+over the tiles of one region (only tiles touching tissue), and a worker pool
+post-processes regions while the next one is predicted. No slide-sized float
+array ever exists. See :mod:`hovercrypt.infer.stitch` for the stitching rule.
+
+Resume: each region's instances are committed as one atomically written part
+file; a manifest fingerprints the settings. ``resume=True`` skips regions
+whose part exists, and the merge at the end only depends on the part files,
+so a resumed run's outputs are byte-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import shutil
+import threading
+import time
+from collections import deque
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from hovercrypt.infer.regions import Region, margin_pixels, plan_regions, tiles_in
+from hovercrypt.infer.stitch import RegionResult, StitchContext, part_path, postprocess_region
+from hovercrypt.infer.tile import predict_image
+from hovercrypt.infer.tissue import TissueIndex, load_mask, otsu_tissue_mask
+from hovercrypt.infer.wsi_outputs import SlideResult, merge_outputs
+from hovercrypt.io.atomic import atomic_write_text
+from hovercrypt.io.images import write_png
+from hovercrypt.io.slide import SlideReader
+from hovercrypt.io.type_info import TypeInfo
+
+log = logging.getLogger("hovercrypt.wsi")
+MANIFEST_VERSION = 1
+
+
+class RunInterrupted(BaseException):  # noqa: N818 - mimics a kill, so generic handlers don't swallow it
+    """Raised by the ``stop_after_chunks`` test hook, like a killed process."""
+
+
+@dataclass
+class WsiOptions:
+    """Settings of a whole-slide run (see ``InferConfig`` for defaults and meaning)."""
+
+    proc_mpp: float
+    postproc: dict[str, Any]
+    type_info: TypeInfo
+    tile_shape: int = 2048
+    margin_um: float = 400.0
+    batch_size: int = 8
+    tissue_thumb_mpp: float = 16.0
+    min_tissue_area_um2: float = 40000.0
+    prefetch: int = 2
+    slide_mpp: float | None = None
+    overlay_max_side: int = 2048
+    model_id: str = ""  # fingerprint of the model, for resume
+    progress: bool = True
+    stop_after_chunks: int | None = None  # test hook: raise RunInterrupted after this many commits
+    _committed: list[int] = field(default_factory=lambda: [0], repr=False)
+
+
+class TissuePredictor:
+    """Wraps a predictor: tiles whose output window misses the tissue mask get all-zero maps."""
+
+    def __init__(self, inner: Any, tissue: TissueIndex, bar: tqdm | None = None) -> None:
+        self.inner, self.tissue, self.bar = inner, tissue, bar
+        self.input_size, self.output_size = int(inner.input_size), int(inner.output_size)
+        self.arch, self.nr_types = inner.arch, int(inner.nr_types)
+        self.spec: dict[str, int] | None = None
+        self.tiles_run = 0
+
+    def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if origins is None:
+            raise ValueError("TissuePredictor needs tile origins")
+        m, out = (self.input_size - self.output_size) // 2, self.output_size
+        sel = [
+            k
+            for k, (ox, oy) in enumerate(origins)
+            if self.tissue.near(ox + m, oy + m, ox + m + out, oy + m + out)
+        ]
+        res = self.inner.predict(tiles[sel], origins[sel]) if sel else None
+        if res is None and self.spec is None:  # learn the map names/channels once
+            res0 = self.inner.predict(tiles[:1], origins[:1])
+            self.spec = {k: v.shape[-1] for k, v in res0.items()}
+        if res is not None:
+            self.spec = {k: v.shape[-1] for k, v in res.items()}
+        self.tiles_run += len(sel)
+        if self.bar is not None:
+            self.bar.update(len(sel))
+        full = {k: np.zeros((len(tiles), out, out, c), np.float32) for k, c in self.spec.items()}  # type: ignore
+        if res is not None:
+            for k in full:
+                full[k][sel] = res[k]
+        return full
+
+
+def _mpp_label(reader: SlideReader, mpp: float) -> tuple[float, float]:
+    """Actual (x, y) µm/px of the whole-slide image returned by ``reader.size_at(mpp)``."""
+    w, h = reader.size_at(mpp)
+    return reader.dimensions[0] * reader.mpp / w, reader.dimensions[1] * reader.mpp / h
+
+
+def tissue_mask(reader: SlideReader, opts: WsiOptions, mask_path: Path | None) -> tuple[np.ndarray, float]:
+    """Tissue mask on a thumbnail and the thumbnail's µm/px (at least ~512 px on the long side)."""
+    long_um = max(reader.dimensions) * reader.mpp
+    mpp = max(reader.mpp, min(opts.tissue_thumb_mpp, long_um / 512))
+    thumb = reader.thumbnail(mpp)
+    if mask_path is not None:
+        return load_mask(mask_path, thumb.shape[:2]), mpp
+    return otsu_tissue_mask(thumb, mpp, opts.min_tissue_area_um2), mpp
+
+
+def _reader_thread(
+    reader: SlideReader, regions: list[Region], mpp: float, q: queue.Queue, stop: threading.Event
+) -> None:
+    try:
+        for r in regions:
+            x0, y0, x1, y1 = r.ext
+            img = reader.read(x0, y0, x1 - x0, y1 - y0, mpp)
+            while not stop.is_set():
+                try:
+                    q.put((r, img), timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+        q.put(None)
+    except BaseException as e:  # handed to the main thread, which re-raises it
+        q.put(e)
+
+
+def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.ndarray, margin: int) -> dict:
+    return {
+        "version": MANIFEST_VERSION,
+        "slide": reader.path.name,
+        "slide_bytes": reader.path.stat().st_size,
+        "dimensions": list(reader.dimensions),
+        "slide_mpp": reader.mpp,
+        "proc_mpp": opts.proc_mpp,
+        "tile_shape": opts.tile_shape,
+        "margin_px": margin,
+        "windows": [predictor.input_size, predictor.output_size],
+        "model": opts.model_id,
+        "postproc": opts.postproc,
+        "tissue_sha1": hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest(),
+    }
+
+
+def process_slide(
+    path: str | Path,
+    out_dir: str | Path,
+    predictor: Any,
+    opts: WsiOptions,
+    pool: Executor | None = None,
+    mask_path: str | Path | None = None,
+    resume: bool = False,
+    workers: int = 2,
+) -> SlideResult:
+    """Run one slide end to end; outputs go to ``out_dir/<slide name>/``. Raises on unreadable slides."""
+    t0 = time.perf_counter()
+    with SlideReader(path, opts.slide_mpp) as reader:
+        name = reader.name
+        slide_dir = Path(out_dir) / name
+        part_dir = slide_dir / "parts"
+        f = opts.proc_mpp / reader.mpp
+        W, H = reader.size_at(opts.proc_mpp)
+        mask, thumb_mpp = tissue_mask(reader, opts, Path(mask_path) if mask_path else None)
+        tmx, tmy = _mpp_label(reader, thumb_mpp)
+        area_mm2 = float(mask.sum()) * tmx * tmy / 1e6
+        margin = margin_pixels(opts.margin_um, opts.proc_mpp, predictor.input_size, predictor.output_size)
+        manifest = _manifest(reader, opts, predictor, mask, margin)
+        done_file, man_file = slide_dir / "done.json", slide_dir / "manifest.json"
+        old = json.loads(man_file.read_text()) if resume and man_file.is_file() else None
+        if old is not None and old != manifest:
+            log.warning("%s: settings or slide changed since the interrupted run; starting it again", name)
+            old = None
+        if old is not None and done_file.is_file():
+            log.info("%s: already finished, skipped (--resume)", name)
+            shutil.rmtree(part_dir, ignore_errors=True)
+            return SlideResult.from_json(done_file.read_text())
+        if old is None:
+            shutil.rmtree(part_dir, ignore_errors=True)
+            done_file.unlink(missing_ok=True)
+        part_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(man_file, json.dumps(manifest, indent=1, sort_keys=True))
+        write_png(slide_dir / "tissue_mask.png", mask.astype(np.uint8) * 255)
+
+        tissue = TissueIndex(mask, opts.proc_mpp / ((tmx + tmy) / 2), grow=margin)
+        regions = plan_regions(W, H, opts.tile_shape, margin, keep=lambda b: tissue.touches(*b))
+        out = predictor.output_size
+        n_tiles = {
+            r.index: sum(tissue.near(x, y, x + out, y + out) for x, y in tiles_in(r, out)) for r in regions
+        }
+        todo = [r for r in regions if not part_path(part_dir, r.index).is_file()]
+        log.info(
+            "%s: %d x %d px at %.3f µm/px, tissue %.2f mm², %d regions (%d to do), %d tissue tiles",
+            name,
+            W,
+            H,
+            opts.proc_mpp,
+            area_mm2,
+            len(regions),
+            len(todo),
+            sum(n_tiles.values()),
+        )
+        ctx = StitchContext(W, H, f, predictor.arch, opts.postproc, opts.type_info, str(part_dir))
+        bar = tqdm(
+            total=sum(n_tiles.values()), desc=name, unit="tile", leave=False, disable=not opts.progress
+        )
+        bar.update(sum(n_tiles[r.index] for r in regions) - sum(n_tiles[r.index] for r in todo))
+        stages = dict.fromkeys(("wait_read", "predict", "wait_postproc"), 0.0)
+        results = _run_regions(reader, todo, predictor, tissue, ctx, opts, pool, bar, workers, stages)
+        stages["postproc_worker"] = sum(r.seconds for r in results)
+        bar.close()
+        oversize = sum(r.oversize for r in results)
+        if oversize:
+            log.warning(
+                "%s: %d crypts wider than the margin were dropped; increase margin_um", name, oversize
+            )
+
+        t_merge = time.perf_counter()
+        thumb = reader.thumbnail(reader.overview_mpp(opts.overlay_max_side))
+        types = merge_outputs(
+            slide_dir,
+            name,
+            part_dir,
+            [r.index for r in regions],
+            opts.type_info,
+            reader.mpp,
+            thumb,
+            thumb.shape[1] / reader.dimensions[0],
+        )
+    stages["merge_outputs"] = time.perf_counter() - t_merge
+    res = SlideResult(
+        slide=name,
+        types=types,
+        total=sum(types.values()),
+        tissue_area_mm2=area_mm2,
+        tiles=sum(n_tiles.values()),
+        oversize=oversize,
+        seconds=round(time.perf_counter() - t0, 3),
+        stages={k: round(v, 2) for k, v in stages.items()},
+    )
+    log.info("%s: stage seconds %s", name, res.stages)
+    atomic_write_text(done_file, res.to_json())
+    shutil.rmtree(part_dir, ignore_errors=True)
+    return res
+
+
+def _run_regions(
+    reader: SlideReader,
+    todo: list[Region],
+    predictor: Any,
+    tissue: TissueIndex,
+    ctx: StitchContext,
+    opts: WsiOptions,
+    pool: Executor | None,
+    bar: tqdm,
+    workers: int,
+    stages: dict[str, float],
+) -> list[RegionResult]:
+    """The streaming pipeline: reader thread -> network (this thread) -> post-processing pool.
+
+    ``stages`` accumulates where the main thread spent its time (see ``SlideResult.stages``).
+    """
+    tp = TissuePredictor(predictor, tissue, bar)
+    q: queue.Queue = queue.Queue(maxsize=max(1, opts.prefetch))
+    stop = threading.Event()
+    th = threading.Thread(target=_reader_thread, args=(reader, todo, opts.proc_mpp, q, stop), daemon=True)
+    th.start()
+    pending: deque[Future | RegionResult] = deque()
+    results: list[RegionResult] = []
+    clock = time.perf_counter
+
+    def commit(item: Future | RegionResult) -> None:
+        t = clock()
+        results.append(item.result() if isinstance(item, Future) else item)
+        stages["wait_postproc"] += clock() - t
+        opts._committed[0] += 1
+        if opts.stop_after_chunks is not None and opts._committed[0] >= opts.stop_after_chunks:
+            raise RunInterrupted(f"stopped after {opts._committed[0]} chunks (test hook)")
+
+    try:
+        while True:
+            t = clock()
+            item = q.get()
+            stages["wait_read"] += clock() - t
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            region, img = item
+            t = clock()
+            maps = predict_image(tp, img, opts.batch_size, origin=region.ext[:2])
+            stages["predict"] += clock() - t
+            del img, item
+            if pool is None:
+                t = clock()
+                pending.append(postprocess_region(region, maps, ctx, tissue.crop(region.ext)))
+                stages["wait_postproc"] += clock() - t
+            else:
+                pending.append(pool.submit(postprocess_region, region, maps, ctx, tissue.crop(region.ext)))
+            del maps
+            while len(pending) > max(0, workers):
+                commit(pending.popleft())
+        while pending:
+            commit(pending.popleft())
+    finally:
+        stop.set()
+        while th.is_alive():
+            try:
+                q.get(timeout=0.05)
+            except queue.Empty:
+                pass
+        th.join()
+    return results

@@ -1,0 +1,186 @@
+"""``run_infer.py wsi``: count crypts in a folder of whole slides.
+
+One bad slide must not cost a long batch: each slide runs in its own
+try/except, its error goes to the log and to ``counts.csv`` (``status =
+error: ...``), the others finish, and the exit code is 1. ``counts.csv`` is
+rewritten after every slide, so it is useful while a long run is going.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from hovercrypt.infer.tile_cli import _float_opt, _int_opt, load_predictor, resolve_type_info
+from hovercrypt.infer.wsi import WsiOptions, process_slide
+from hovercrypt.infer.wsi_outputs import SlideResult, write_counts
+from hovercrypt.io.images import InputError
+from hovercrypt.io.slide import SLIDE_EXTS
+
+log = logging.getLogger("hovercrypt.wsi")
+#: test hook for the resume test of the CLI: stop (like a kill) after this many committed chunks.
+STOP_ENV = "HOVERCRYPT_STOP_AFTER_CHUNKS"
+
+
+def list_slides(input_dir: str | Path) -> list[Path]:
+    d = Path(input_dir)
+    if not d.is_dir():
+        raise InputError(f"{d}: input directory not found")
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTS)
+    files = [p for p in files if not p.name.startswith(".")]
+    if not files:
+        raise InputError(f"{d}: no slides or images ({', '.join(SLIDE_EXTS)}) found")
+    return files
+
+
+def find_mask(mask_dir: str | Path | None, stem: str) -> Path | None:
+    """``<mask_dir>/<stem>.<png|tif|...>``; a mask folder without this slide's mask is an error."""
+    if not mask_dir:
+        return None
+    for ext in (".png", ".tif", ".tiff", ".bmp", ".jpg"):
+        p = Path(mask_dir) / f"{stem}{ext}"
+        if p.is_file():
+            return p
+    raise InputError(f"{mask_dir}: no tissue mask {stem}.png for slide {stem}")
+
+
+def make_pool(workers: int, kind: str = "process") -> Executor | None:
+    """Post-processing pool: processes (spawned; numba and NumPy then run truly in parallel) or threads."""
+    if workers <= 0:
+        return None
+    if kind == "thread":
+        return ThreadPoolExecutor(max_workers=workers)
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+
+
+def run_wsi(
+    slides: Sequence[Path],
+    out_dir: str | Path,
+    predictor: Any,
+    opts: WsiOptions,
+    mask_dir: str | Path | None = None,
+    resume: bool = False,
+    workers: int = 2,
+    pool_kind: str = "process",
+) -> list[SlideResult]:
+    """Process ``slides`` one after another; per-slide errors become ``status = error: ...`` rows."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: list[SlideResult] = []
+    pool = make_pool(workers, pool_kind)
+    try:
+        seen: set[str] = set()
+        for path in tqdm(slides, desc="slides", unit="slide", disable=not opts.progress):
+            try:
+                if path.stem in seen:  # outputs are named by stem: a.svs and a.tif would collide
+                    raise InputError(f"{path}: another slide named {path.stem!r} was already processed")
+                seen.add(path.stem)
+                mask = find_mask(mask_dir, path.stem)
+                res = process_slide(path, out_dir, predictor, opts, pool, mask, resume, workers)
+                log.info(
+                    "%s: %d crypts, %.2f mm² tissue, %.1f s",
+                    res.slide,
+                    res.total,
+                    res.tissue_area_mm2,
+                    res.seconds,
+                )
+            except Exception as e:  # one bad slide must not stop the run
+                msg = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
+                log.error("%s", msg)
+                res = SlideResult(slide=path.stem, status=f"error: {msg}")
+            results.append(res)
+            write_counts(out_dir / "counts.csv", results, opts.type_info, predictor.nr_types)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return results
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _setup_logging(out_dir: Path) -> list[logging.Handler]:
+    """Log to stderr (above the progress bars) and to ``<output_dir>/wsi.log``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+    handlers: list[logging.Handler] = [_TqdmHandler(), logging.FileHandler(out_dir / "wsi.log")]
+    for h in handlers:
+        h.setFormatter(fmt)
+        log.addHandler(h)
+    log.setLevel(logging.INFO)
+    return handlers
+
+
+def resolve_proc_mpp(args: Mapping[str, Any], model_mpp: float) -> float:
+    mpp = _float_opt(args, "--proc_mpp")
+    mag = _float_opt(args, "--proc_mag")
+    if mag is not None:
+        mpp = 10.0 / mag
+    if mpp is None:
+        return model_mpp
+    if abs(mpp / model_mpp - 1) > 0.01:
+        log.warning("processing at %.3f µm/px but the model was trained at %.3f µm/px", mpp, model_mpp)
+    return mpp
+
+
+def run_wsi_cli(args: Mapping[str, Any]) -> int:
+    """Entry point for ``run_infer.py wsi`` (``args``: the docopt dict). Returns the exit code."""
+    out_dir = Path(args["--output_dir"])
+    handlers = _setup_logging(out_dir)
+    try:
+        return _run(args, out_dir)
+    finally:
+        for h in handlers:
+            log.removeHandler(h)
+            h.close()
+
+
+def _run(args: Mapping[str, Any], out_dir: Path) -> int:
+    try:
+        slides = list_slides(args["--input_dir"])
+        if args.get("--input_mask_dir") and not Path(args["--input_mask_dir"]).is_dir():
+            raise InputError(f"{args['--input_mask_dir']}: mask directory not found")
+        batch_size = _int_opt(args, "--batch_size", 8)
+        tile_shape = _int_opt(args, "--tile_shape", 2048)
+        workers = int(args.get("--workers") or 0)
+        predictor = load_predictor(args, batch_size)
+        cfg = predictor.config
+        proc_mpp = resolve_proc_mpp(args, float(cfg.proc_mpp))
+        type_info = resolve_type_info(args.get("--type_info_path"), predictor.nr_types)
+        model_path = Path(predictor.model_path)
+        stop = os.environ.get(STOP_ENV)
+        opts = WsiOptions(
+            proc_mpp=proc_mpp,
+            postproc=cfg.postproc.pixels(proc_mpp),
+            type_info=type_info,
+            tile_shape=tile_shape,
+            margin_um=cfg.infer.margin_um,
+            batch_size=batch_size,
+            tissue_thumb_mpp=cfg.infer.tissue_thumb_mpp,
+            min_tissue_area_um2=cfg.infer.min_tissue_area_um2,
+            prefetch=cfg.infer.prefetch,
+            slide_mpp=_float_opt(args, "--slide_mpp"),
+            model_id=f"{model_path.resolve()}:{model_path.stat().st_size}:{int(model_path.stat().st_mtime)}",
+            stop_after_chunks=int(stop) if stop else None,
+        )
+    except (InputError, ValueError) as e:
+        log.error("%s", e)
+        return 1
+    results = run_wsi(
+        slides, out_dir, predictor, opts, args.get("--input_mask_dir"), bool(args.get("--resume")), workers
+    )
+    failed = [r.slide for r in results if r.status != "ok"]
+    if failed:
+        log.error("%d of %d slide(s) failed: %s", len(failed), len(results), ", ".join(failed))
+        return 1
+    return 0
