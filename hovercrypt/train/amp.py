@@ -1,0 +1,90 @@
+"""Device and mixed-precision choices for training.
+
+Nothing in the training loop names a device or a dtype: both are decided here
+once, from the ``--gpu`` option and ``train.amp``, so the same code runs on a
+laptop CPU, one GPU or several.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from hovercrypt.config import ConfigError
+
+
+def cpu_bf16_supported() -> bool:
+    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16/AMX): autocast then pays off."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device`` (None = full fp32).
+
+    ``auto`` picks bf16 where the hardware runs it natively, else fp16 on CUDA
+    (with a GradScaler) and fp32 on CPUs without bf16 support.
+    """
+    if amp == "none":
+        return None
+    if device.type == "cuda":
+        if amp == "fp16":
+            return torch.float16
+        bf16_ok = torch.cuda.is_bf16_supported()
+        if amp == "bf16":
+            if not bf16_ok:
+                raise ConfigError("train.amp='bf16' but this GPU has no bf16 support; use 'fp16' or 'auto'")
+            return torch.bfloat16
+        return torch.bfloat16 if bf16_ok else torch.float16
+    if amp == "fp16":
+        raise ConfigError("train.amp='fp16' needs a CUDA GPU; on the CPU use 'bf16', 'auto' or 'none'")
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "auto":
+        return torch.bfloat16 if cpu_bf16_supported() else None
+    raise ConfigError(f"train.amp must be auto/bf16/fp16/none, got {amp!r}")
+
+
+@dataclass
+class Precision:
+    """Autocast + (for fp16) loss scaling for one device."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+
+    def __post_init__(self) -> None:
+        enabled = self.dtype == torch.float16 and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=enabled)
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """Backward pass and optimiser step (scaled for fp16 so small gradients do not underflow)."""
+        optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def parse_gpus(spec: str | None) -> list[int]:
+    """``"0"`` -> [0], ``"0,1"`` -> [0, 1], ``""``/None -> [] (CPU)."""
+    if spec is None or not str(spec).strip():
+        return []
+    try:
+        ids = [int(s) for s in str(spec).split(",") if s.strip()]
+    except ValueError as e:
+        raise ConfigError(f"--gpu must be a comma-separated list of GPU ids, got {spec!r}") from e
+    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
+        raise ConfigError(f"--gpu ids must be distinct and >= 0, got {spec!r}")
+    return ids
