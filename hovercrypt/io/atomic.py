@@ -15,6 +15,12 @@ from typing import IO, Any
 
 import numpy as np
 
+# mkstemp creates files readable by the owner only; results are meant to be shared, so the final
+# file gets the usual permissions (0666 minus the umask, read once here: os.umask is process-wide)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_FILE_MODE = 0o666 & ~_UMASK
+
 
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
@@ -23,6 +29,7 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO[Any]]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
