@@ -1,0 +1,147 @@
+"""Checkpoints: atomic save, validated load, model rebuild from the stored config, export.
+
+A checkpoint holds everything needed to rebuild and resume: the model weights,
+optimizer / scheduler state, phase and epoch, the full Config (so inference
+uses exactly the training windows and model), the architecture and the library
+version. Files are read with ``weights_only=True`` (no arbitrary pickles); the
+numpy types a training run stores (RNG state, metrics) are allow-listed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import hovercrypt
+from hovercrypt.config import Config, ConfigError
+from hovercrypt.io.atomic import atomic_torch_save
+from hovercrypt.io.images import InputError
+
+REQUIRED_KEYS = ("model", "config", "arch", "version")
+_RESERVED = ("model", "optimizer", "scheduler", "phase", "epoch", "config", "arch", "version", "extra")
+
+
+def _safe_numpy_globals() -> list[Any]:
+    """numpy objects that may appear in a checkpoint (RNG state, metric scalars)."""
+    from numpy._core.multiarray import _reconstruct, scalar
+
+    dtypes = [t for t in vars(np.dtypes).values() if isinstance(t, type)]
+    return [_reconstruct, scalar, np.ndarray, np.dtype, *dtypes]
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    config: Config,
+    *,
+    optimizer: Any = None,
+    scheduler: Any = None,
+    phase: int = 0,
+    epoch: int = 0,
+    extra: Any = None,
+    **state: Any,
+) -> None:
+    """Write a checkpoint atomically (a killed run never leaves a half-written file).
+
+    Additional keyword entries (e.g. AMP scaler state, history, RNG state) are
+    stored as top-level keys beside the standard ones.
+    """
+    clash = sorted(set(state) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"save_checkpoint: extra entries {clash} clash with standard keys")
+    net = unwrap_model(model)
+    ck = {
+        "model": net.state_dict(),
+        "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer,
+        "scheduler": scheduler.state_dict() if hasattr(scheduler, "state_dict") else scheduler,
+        "phase": phase,
+        "epoch": epoch,
+        "config": config.to_dict(),
+        "arch": getattr(net, "arch", config.model.arch),
+        "version": hovercrypt.__version__,
+        "extra": extra,
+        **state,
+    }
+    atomic_torch_save(path, ck)
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint; missing files, corrupt files or missing keys are clear errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint file not found")
+    try:
+        with torch.serialization.safe_globals(_safe_numpy_globals()):
+            ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated / foreign files raise many types
+        raise InputError(f"{path}: not a readable hovercrypt checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(ck, dict):
+        raise InputError(f"{path}: not a hovercrypt checkpoint (holds a {type(ck).__name__}, not a dict)")
+    missing = [k for k in REQUIRED_KEYS if k not in ck]
+    if missing:
+        raise InputError(f"{path}: checkpoint lacks key(s) {missing} (present: {sorted(ck)})")
+    return ck
+
+
+def load_model(
+    path: str | Path, device: Any = "cpu", expect_arch: str | None = None
+) -> tuple[nn.Module, Config]:
+    """Rebuild the network from the checkpoint's own config, load its weights, eval mode."""
+    from hovercrypt.models import build_model
+
+    path = Path(path)
+    ck = load_checkpoint(path)
+    arch = ck["arch"]
+    if expect_arch is not None and expect_arch != arch:
+        raise ConfigError(f"checkpoint {path} holds a {arch} model, but --model={expect_arch} was given")
+    try:
+        cfg = Config.from_dict(ck["config"])
+    except (ConfigError, TypeError) as e:
+        raise InputError(f"{path}: stored config is invalid for this hovercrypt version ({e})") from e
+    # the weights come from the checkpoint: never re-read the (maybe absent) pretrained file
+    model_cfg = dataclasses.replace(cfg.model, pretrained=None)
+    model = build_model(model_cfg)
+    state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ck["model"].items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(
+            f"{path}: weights do not match the {arch} model rebuilt from its config "
+            f"(missing: {result.missing_keys[:5]}, unexpected: {result.unexpected_keys[:5]})"
+        )
+    return model.to(device).eval(), cfg
+
+
+def export_for_inference(src: str | Path, dst: str | Path, half: bool = True) -> Path:
+    """Keep only what inference needs (weights, fp16 by default, + config/arch/version): small files."""
+    ck = load_checkpoint(src)
+    weights = {k: v.half() if half and torch.is_floating_point(v) else v for k, v in ck["model"].items()}
+    out = {"model": weights, "config": ck["config"], "arch": ck["arch"], "version": ck["version"]}
+    atomic_torch_save(dst, out)
+    return Path(dst)
+
+
+def default_model_path() -> Path:
+    """The GlaS model shipped inside the package (``hovercrypt/weights/hovercrypt_glas.pt``)."""
+    path = Path(hovercrypt.__file__).parent / "weights" / "hovercrypt_glas.pt"
+    if not path.is_file():
+        raise InputError(
+            f"{path}: the bundled GlaS model is missing; pass a checkpoint with --model_path "
+            "or train one with run_train.py"
+        )
+    return path
