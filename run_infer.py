@@ -20,7 +20,7 @@ Options:
   --input_mask_dir=<dir>   (wsi) tissue masks <stem>.png (any size, non-zero = tissue).
   --tile_shape=<px>        (wsi) processing region side in px at proc_mpp [default: 2048].
   --resume                 (wsi) continue a killed run from its last finished chunk.
-  --workers=<n>            Post-processing worker processes [default: 2].
+  --workers=<n>            (wsi) post-processing worker processes; 0 = in the main process [default: 2].
   -h --help                Show this help.
 """
 
