@@ -220,3 +220,31 @@ def test_fill_holes_matches_scipy() -> None:
     for _ in range(5):
         m = ndi.binary_opening(rng.random((60, 70)) > 0.45)
         assert np.array_equal(fill_holes(m) > 0, ndi.binary_fill_holes(m))
+
+
+def test_compiled_sobel_is_bit_equal_to_cv2():
+    """The fused numba Sobel must reproduce cv2.Sobel exactly (derivatives and their min/max)."""
+    from hovercrypt.postproc.hv import _sobel_cv2, _sobel_pair
+
+    rng = np.random.default_rng(0)
+    for k in (7, 21, 31):
+        for h, w in ((40, 44), (33, 64), (17, 36)):
+            hv = rng.uniform(-1, 1, (h, w, 2)).astype(np.float32)
+            a, b = _sobel_pair(hv, k), _sobel_cv2(hv, k)
+            assert all(np.array_equal(x, y) for x, y in zip(a[:2], b[:2]))
+            assert tuple(a[2:]) == tuple(b[2:])
+
+
+def test_components_where_matches_opencv_and_drops_small():
+    """The run-based labelling gives OpenCV's 4-connected labels and areas, and drops small pieces."""
+    from hovercrypt.postproc.morphology import components_where
+
+    rng = np.random.default_rng(1)
+    f = rng.random((60, 70)).astype(np.float32)
+    lab, area = components_where(f, np.float32(0.4))
+    _, ref = cv2.connectedComponents((f >= np.float32(0.4)).view(np.uint8), connectivity=4)
+    assert np.array_equal(lab, ref)
+    assert area.tolist() == np.bincount(ref.ravel()).tolist()
+    kept, a2 = components_where(f, np.float32(0.4), 5)
+    assert (a2[1:] >= 5).all()
+    assert np.array_equal(kept > 0, np.isin(ref, np.nonzero(area >= 5)[0][1:]))

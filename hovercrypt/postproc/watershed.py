@@ -89,7 +89,7 @@ _OUTSIDE = 65535  # outside the mask, or already labelled by the flood
 
 
 @njit(cache=True)
-def _prepare(energy, kernel, comp, keep, markers, lut, lo, hi, nlev):  # pragma: no cover - compiled
+def _prepare(energy, kernel, comp, keep, markers, lut, lo, hi, nlev, direct):  # pragma: no cover - compiled
     """Level image, marker labels and seeds for the flood.
 
     The mask is ``keep[comp]`` (component labels and a keep flag per label),
@@ -103,7 +103,9 @@ def _prepare(energy, kernel, comp, keep, markers, lut, lo, hi, nlev):  # pragma:
     Seeds are the marker pixels next to an unlabelled mask pixel: the other
     marker pixels would do nothing when popped, so they are never queued and
     never need a level. They are found from the (usually few) unlabelled
-    pixels, in raster order of those pixels.
+    pixels, in raster order of those pixels. ``direct`` says that ``keep`` is
+    true for every label but 0 and ``lut`` is the identity, so both lookups
+    are skipped.
     """
     h, w = energy.shape
     w2 = w + 2
@@ -120,6 +122,18 @@ def _prepare(energy, kernel, comp, keep, markers, lut, lo, hi, nlev):  # pragma:
         lev[base - 1] = _OUTSIDE
         lev[base + w] = _OUTSIDE
         crow, mrow, rrow = comp[y], markers[y], res[y]
+        if direct:  # mask = comp != 0, markers are final ids: no lookups, selects that vectorise
+            lrow = lev[base : base + w]
+            for x in range(w):
+                c, m = crow[x], mrow[x]
+                rrow[x] = m if c != 0 else 0
+                lrow[x] = _OUTSIDE if c == 0 else (_MARKER if m > 0 else 0)
+            for x in range(w):
+                if lrow[x] == 0:
+                    ty[nt] = y
+                    tx[nt] = x
+                    nt += 1
+            continue
         for x in range(w):
             if not keep[crow[x]]:
                 lev[base + x] = _OUTSIDE
@@ -288,16 +302,19 @@ def flood_prepared(
     kernel = np.ones(1, np.float64) if kernel is None else np.asarray(kernel, np.float64).ravel()
     if kernel.size % 2 == 0:
         raise ValueError(f"kernel length must be odd, got {kernel.size}")
+    lut = np.ascontiguousarray(lut, np.int32)
+    direct = bool(keep[1:].all()) and np.array_equal(lut, np.arange(lut.size))
     lev, res, seeds, seed_u, seed_lev, seed_comp = _prepare(
         np.ascontiguousarray(energy, np.float32),
         kernel,
         _labels(comp),
         keep,
         _labels(markers),
-        np.ascontiguousarray(lut, np.int32),
+        lut,
         float(value_range[0]),
         float(value_range[1]),
         nlev,
+        direct,
     )
     _flood(lev, res.reshape(-1), w + 2, nlev, seeds, seed_u, seed_lev, seed_comp, keep.size)
     return res
