@@ -32,9 +32,10 @@ from pathlib import Path
 
 from docopt import docopt
 
-from hovercrypt.config import ConfigError, load_config
+from hovercrypt.config import ConfigError
 from hovercrypt.data.patches import extract_patches
 from hovercrypt.io.images import InputError
+from hovercrypt.presets import load_config
 
 #: CLI option -> (section, field, type)
 OVERRIDES = {

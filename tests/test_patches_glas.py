@@ -14,12 +14,12 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
-from hovercrypt.config import glas_config
 from hovercrypt.data.dataset import PatchDataset
 from hovercrypt.data.patches import PatchFilter, mirror_pad, read_manifest, window_starts
 from hovercrypt.data.resample import resize_image, resize_labels, scale_shape
 from hovercrypt.data.split import patient_split
 from hovercrypt.io.images import InputError, read_label, read_rgb
+from hovercrypt.presets import glas_config
 
 _script = Path(__file__).parents[1] / "extract_patches.py"
 _spec = importlib.util.spec_from_file_location("extract_patches", _script)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hovercrypt.config import Config, ConfigError, load_config
+from hovercrypt.config import Config, ConfigError
+from hovercrypt.presets import load_config
 from hovercrypt.train import state as st
 from hovercrypt.train.amp import parse_gpus, resolve_amp
 from hovercrypt.train.distributed import cleanup, needs_relaunch, relaunch_with_torchrun, setup
