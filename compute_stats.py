@@ -16,8 +16,10 @@ Options:
   --true_types_csv=CSV   Image-level ground-truth types, e.g. GlaS grade.csv (--mode=type).
   --name_column=COL      Image-name column of --true_types_csv [default: name]
   --types_column=COL     Type column of --true_types_csv [default: grade_glas]
-  --type_values=MAP      CSV value -> type id, e.g. benign:1,malignant:2
-                         (default: sorted distinct values get 1, 2, ...).
+  --type_info_path=PATH  type_info.json whose type names map the CSV values to type ids
+                         (case-insensitive; default: the type_info.json beside compute_stats.py).
+  --type_values=MAP      CSV value -> type id, e.g. benign:1,malignant:2 (replaces
+                         --type_info_path). A CSV value that maps to no type is an error.
   --no_hausdorff         Skip the object Hausdorff distance (the slowest metric).
   --out=DIR              Output folder for per_image.csv and summary.json [default: stats]
   --quiet                No per-image table, no progress bar.
@@ -27,6 +29,7 @@ Options:
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from docopt import docopt
 
@@ -56,18 +59,28 @@ def _type_values(spec: str | None) -> dict[str, int] | None:
     return out
 
 
+def _type_info_path(arg: str | None) -> Path:
+    """Default is the shipped type_info.json beside this script, not one in the cwd."""
+    if not arg:
+        return Path(__file__).resolve().with_name("type_info.json")
+    return Path(arg)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = docopt(__doc__, argv=argv)
+    from hovercrypt.io.type_info import load_type_info
     from hovercrypt.metrics.folder import evaluate_folders, format_table, write_outputs
-    from hovercrypt.metrics.labels_io import read_types_csv
+    from hovercrypt.metrics.labels_io import read_types_csv, type_values_from_info
 
     try:
         mpp, radius = _float(args, "--mpp"), _float(args, "--radius_um")
         values = _type_values(args["--type_values"])  # checked even when unused: a typo should not pass
         image_types = None
         if args["--true_types_csv"]:
+            if values is None:
+                values = type_values_from_info(load_type_info(_type_info_path(args["--type_info_path"])))
             image_types = read_types_csv(
-                args["--true_types_csv"], args["--name_column"], args["--types_column"], values
+                args["--true_types_csv"], args["--name_column"], args["--types_column"], values=values
             )
         rows, summary = evaluate_folders(
             args["--pred_dir"],

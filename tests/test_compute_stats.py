@@ -217,6 +217,71 @@ def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     # explicit mapping; an unmapped value is named
     with pytest.raises(InputError, match="adenoma"):
         read_types_csv(tmp_path / "g.csv", values={"benign": 1})
-    assert read_types_csv(tmp_path / "g.csv") == {"a": 2, "b": 1}  # sorted: adenoma=1, benign=2
+    assert read_types_csv(tmp_path / "g.csv", values={"Benign": 1, "adenoma": 2}) == {"a": 1, "b": 2}
     rc = compute_stats.main([f"--pred_dir={tmp_path}", f"--true_dir={tmp_path}", "--type_values=benign=1"])
     assert rc == 2 and "--type_values" in capsys.readouterr().err
+
+
+def _one_image_folders(tmp_path, grade_rows, pred_type):
+    """One true and one predicted crypt (same shape); the truth's type comes from a CSV."""
+    true_dir, pred_dir = tmp_path / "t", tmp_path / "p"
+    true_dir.mkdir(parents=True)
+    pred_dir.mkdir()
+    inst = _blocks((16, 16), (2, 10, 2, 10))
+    Image.fromarray(inst.astype(np.uint8)).save(true_dir / "img_anno.png")
+    scipy.io.savemat(pred_dir / "img.mat", {"inst_map": inst, "inst_type": np.array([[pred_type]])})
+    csv_path = tmp_path / "grade.csv"
+    csv_path.write_text("name,grade_glas\n" + "".join(f"{n},{v}\n" for n, v in grade_rows))
+    return true_dir, pred_dir, csv_path
+
+
+def _type_run(true_dir, pred_dir, csv_path, out, *extra):
+    return compute_stats.main(
+        [
+            f"--pred_dir={pred_dir}",
+            f"--true_dir={true_dir}",
+            f"--out={out}",
+            "--mode=type",
+            f"--true_types_csv={csv_path}",
+            "--quiet",
+            *extra,
+        ]
+    )
+
+
+def test_types_csv_ids_come_from_type_info_not_sort_order(tmp_path):
+    from hovercrypt.io.type_info import load_type_info
+    from hovercrypt.metrics.labels_io import read_types_csv, type_values_from_info
+
+    # only malignant rows: sort order would give malignant id 1; the shipped type_info.json says 2
+    true_dir, pred_dir, csv_path = _one_image_folders(tmp_path, [("img", "Malignant")], pred_type=2)
+    values = type_values_from_info(load_type_info(REPO / "type_info.json"))
+    assert read_types_csv(csv_path, values=values) == {"img": 2}
+    assert _type_run(true_dir, pred_dir, csv_path, tmp_path / "s1") == 0  # default --type_info_path
+    assert float(_read_csv(tmp_path / "s1" / "per_image.csv")["img"]["type_accuracy"]) == 1.0
+    # names that do not sort in model order: a custom type_info.json decides the ids
+    info = tmp_path / "ti.json"
+    info.write_text(
+        json.dumps({"0": ["background", [0, 0, 0]], "1": ["tumour", [1, 2, 3]], "2": ["normal", [4, 5, 6]]})
+    )
+    true_dir, pred_dir, csv_path = _one_image_folders(tmp_path / "b", [("img", "normal")], pred_type=2)
+    assert _type_run(true_dir, pred_dir, csv_path, tmp_path / "s2", f"--type_info_path={info}") == 0
+    assert float(_read_csv(tmp_path / "s2" / "per_image.csv")["img"]["type_accuracy"]) == 1.0
+    # --type_values replaces type_info: normal -> 1 now disagrees with the predicted 2
+    assert _type_run(true_dir, pred_dir, csv_path, tmp_path / "s3", "--type_values=normal:1,tumour:2") == 0
+    assert float(_read_csv(tmp_path / "s3" / "per_image.csv")["img"]["type_accuracy"]) == 0.0
+
+
+def test_types_csv_unknown_value_is_a_one_line_error(tmp_path, capsys):
+    true_dir, pred_dir, csv_path = _one_image_folders(
+        tmp_path, [("img", "malignant"), ("other", "adenoma")], pred_type=2
+    )
+    assert _type_run(true_dir, pred_dir, csv_path, tmp_path / "s") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert str(csv_path) in err and "adenoma" in err and "benign" in err and "malignant" in err
+    assert not (tmp_path / "s").exists()
+    # the same with an explicit mapping that lacks the value
+    assert _type_run(true_dir, pred_dir, csv_path, tmp_path / "s", "--type_values=malignant:2") == 2
+    err = capsys.readouterr().err
+    assert "adenoma" in err and "malignant" in err

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from hovercrypt.io.images import InputError, as_label, read_label
+from hovercrypt.io.type_info import TypeInfo
 
 LABEL_EXTS = (".mat", ".npy", ".png", ".tif", ".tiff")
 STRIP_SUFFIXES = ("_anno", "_inst", "_label", "_labels")
@@ -158,29 +159,48 @@ def read_label_file(path: str | Path) -> LabelFile:
     return LabelFile(path, inst, types)
 
 
+def type_values_from_info(info: TypeInfo) -> dict[str, int]:
+    """CSV value -> type id from ``type_info.json`` names, so CSV ids always equal the model's ids.
+
+    Background (id 0) is left out: an image-level type of 0 would make every object untyped.
+    """
+    return {name: i for i, name in enumerate(info.names) if i > 0}
+
+
 def read_types_csv(
     path: str | Path,
     name_column: str = "name",
     type_column: str = "grade_glas",
-    values: Mapping[str, int] | None = None,
+    *,
+    values: Mapping[str, int],
 ) -> dict[str, int]:
     """Image-level types (e.g. GlaS ``grade.csv``): stem -> type id, applied to every object of the image.
 
-    ``values`` maps the CSV strings to type ids; by default the distinct values
-    in sorted order get ids 1, 2, ... (GlaS: benign = 1, malignant = 2).
+    ``values`` maps the CSV strings (case-insensitively) to type ids; it is
+    required because ids inferred from the CSV's own values (e.g. sort order)
+    silently disagree with the model's ids when a class is absent or sorts differently.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: types CSV not found")
+    lookup: dict[str, int] = {}
+    for name, tid in values.items():
+        key = name.strip().casefold()
+        if key in lookup and lookup[key] != int(tid):
+            raise InputError(f"type names {name!r} differ only in case but map to different ids")
+        lookup[key] = int(tid)
+    if not lookup:
+        raise InputError(f"{path}: no type names to map the values of column {type_column!r} to")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or name_column not in rows[0] or type_column not in rows[0]:
         cols = list(rows[0]) if rows else []
         raise InputError(f"{path}: needs columns {name_column!r} and {type_column!r}, has {cols}")
-    raw = {r[name_column].strip(): r[type_column].strip() for r in rows}
-    if values is None:
-        values = {v: i + 1 for i, v in enumerate(sorted(set(raw.values())))}
-    bad = sorted({v for v in raw.values() if v not in values})
+    raw = {(r[name_column] or "").strip(): (r[type_column] or "").strip() for r in rows}
+    bad = sorted({v for v in raw.values() if v.casefold() not in lookup})
     if bad:
-        raise InputError(f"{path}: values {bad} of column {type_column!r} have no type id ({dict(values)})")
-    return {k: int(values[v]) for k, v in raw.items()}
+        known = ", ".join(f"{n}={int(t)}" for n, t in values.items())
+        raise InputError(
+            f"{path}: column {type_column!r} has values {bad} that match no type; known types: {known}"
+        )
+    return {k: lookup[v.casefold()] for k, v in raw.items()}
