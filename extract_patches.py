@@ -5,7 +5,8 @@ Usage:
   extract_patches.py -h | --help
 
 Options:
-  --config=SPEC         Preset name (glas, default), .json or .py file [default: config.py].
+  --config=SPEC         Preset name (glas, default), .json or .py file; default: config.py
+                        next to this script (not in the current folder).
   --input_dir=DIR       Dataset folder (images + label maps); default: data.image_dir. A type CSV
                         configured inside the old folder (GlaS grade.csv) is taken from DIR.
   --output_dir=DIR      Output folder for train/ and valid/; default: data.patch_dir.
@@ -53,8 +54,12 @@ OVERRIDES = {
 }
 
 
+#: used without --config; found next to the script so the current folder does not matter
+DEFAULT_CONFIG = Path(__file__).with_name("config.py")
+
+
 def build_config(args: dict):
-    cfg = load_config(args["--config"])
+    cfg = load_config(args["--config"] or DEFAULT_CONFIG)
     top: dict = {}
     data: dict = {}
     for opt, (section, name, typ) in OVERRIDES.items():

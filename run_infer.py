@@ -8,7 +8,8 @@ Usage:
 
 Options:
   --model_path=<path>      Checkpoint (.pt). Default: the model shipped with hovercrypt.
-  --type_info_path=<path>  type_info.json with type names and colours [default: type_info.json].
+  --type_info_path=<path>  type_info.json with type names and colours; a missing file is an error.
+                           Default: type_info.json beside run_infer.py (generic names if absent).
   --batch_size=<n>         Tiles per network batch [default: 8].
   --gpu=<ids>              GPU id(s), e.g. 0; empty runs on the CPU [default: ].
   --input_mpp=<um>         (tile) resolution of the input images in um/px. Default: the

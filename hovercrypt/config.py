@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hovercrypt.typed_dicts import ConfigError, build_dataclass, plain
+
+__all__ = ["ConfigError"]  # re-exported: every module raises it from here
+
 #: network (input, output) window per model mode, in pixels at ``proc_mpp``.
 MODE_WINDOWS: dict[str, tuple[int, int]] = {"original": (270, 80), "fast": (256, 164)}
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -348,7 +347,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return _build(cls, d, "config")
+        return build_dataclass(cls, d, "config")
 
     def save_json(self, path: str | Path) -> None:
         from hovercrypt.io.atomic import atomic_write_text
@@ -357,36 +356,4 @@ class Config:
 
     def replace(self, **sections: Any) -> Config:
         """A copy with top-level fields replaced (validated again)."""
-        return Config.from_dict({**self.to_dict(), **{k: _plain(v) for k, v in sections.items()}})
-
-
-def _plain(v: Any) -> Any:
-    return dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v
-
-
-def _build(cls: type, d: Any, where: str) -> Any:
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in d.items():
-        kwargs[key] = _convert(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
-
-
-def _convert(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
-    if origin is list and args and dataclasses.is_dataclass(args[0]):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list")
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple and isinstance(value, list | tuple):
-        return tuple(value)
-    return value
+        return Config.from_dict({**self.to_dict(), **{k: plain(v) for k, v in sections.items()}})

@@ -62,7 +62,10 @@ def load_config(spec: str | Path | None = None) -> Config:
         except (ConfigError, TypeError) as e:
             raise ConfigError(f"{path}: {e}") from e
     if path.suffix == ".py":
-        ns = runpy.run_path(str(path))
+        try:
+            ns = runpy.run_path(str(path))
+        except Exception as e:  # a user file can raise anything; report it as a config problem
+            raise ConfigError(f"{path}: cannot run config file ({type(e).__name__}: {e})") from e
         cfg = ns.get("CONFIG")
         if not isinstance(cfg, Config):
             raise ConfigError(f"{path}: must define CONFIG = hovercrypt.config.Config(...)")

@@ -80,6 +80,16 @@ def test_errors_name_the_file(trained, tmp_path):
     (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:1000])
     with pytest.raises(InputError, match=r"cut\.pt: not a readable hovercrypt checkpoint"):
         load_checkpoint(tmp_path / "cut.pt")
+    # a pickle with a class outside the allow-list: torch's multi-line advice (weights_only=False, i.e.
+    # run arbitrary code) must not reach the user; one line naming the file and the refused class
+    torch.save({"model": {}, "config": Path("x")}, tmp_path / "foreign.pt")
+    for name in ("cut.pt", "foreign.pt"):
+        with pytest.raises(InputError) as ei:
+            load_checkpoint(tmp_path / name)
+        msg = str(ei.value)
+        assert msg.startswith(f"{tmp_path / name}: not a readable hovercrypt checkpoint (")
+        assert "\n" not in msg and "weights_only" not in msg and "\x1b" not in msg, msg
+    assert "Path" in msg
     torch.save({"model": {}, "epoch": 1}, tmp_path / "partial.pt")
     with pytest.raises(
         InputError, match=r"partial\.pt: checkpoint lacks key\(s\) \['config', 'arch', 'version'\]"

@@ -154,3 +154,26 @@ def test_overlay_draws_type_colours(layout):
     ov0 = draw_overlay(img, untyped, TI)
     x, y = untyped[1]["contour"][0]
     assert tuple(ov0[y, x]) == UNTYPED_COLOUR
+
+
+@pytest.mark.parametrize("key", ["01", " 1", "1 ", "+1"])
+def test_type_info_rejects_non_canonical_ids(key):
+    """Keys that parse as 1 but are spelled otherwise are a clear error, not a KeyError."""
+    from hovercrypt.io.images import InputError
+    from hovercrypt.io.type_info import parse_type_info
+
+    data = {"0": ["background", [0, 0, 0]], key: ["benign", [0, 200, 0]]}
+    with pytest.raises(InputError, match=r"ti\.json: type ids must be written as plain integers"):
+        parse_type_info(data, "ti.json")
+
+
+@pytest.mark.parametrize("name", ["total", "status", "image", "slide", "tissue_area_mm2", "crypts_per_mm2"])
+def test_type_info_rejects_names_of_counts_columns(name, tmp_path):
+    """A type called e.g. "total" would overwrite that counts.csv column."""
+    from hovercrypt.io.images import InputError
+    from hovercrypt.io.type_info import load_type_info
+
+    path = tmp_path / "ti.json"
+    path.write_text(json.dumps({"0": ["background", [0, 0, 0]], "1": [name, [0, 200, 0]]}))
+    with pytest.raises(InputError, match=rf"ti\.json: type name\(s\) \['{name}'\] clash with counts\.csv"):
+        load_type_info(path)

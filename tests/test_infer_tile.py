@@ -288,7 +288,7 @@ def _check_outputs(out, images, nr_types_cols):
 
     import scipy.io
 
-    rows = {r["image"]: r for r in csv.DictReader((out / "counts.csv").open())}
+    rows = {r["image"]: r for r in csv.DictReader((out / "counts.csv").open()) if r["status"] == "ok"}
     assert set(rows) == set(images)
     total = 0
     for name, (h, w) in images.items():
@@ -344,6 +344,14 @@ def test_cli_with_oracle_writes_consistent_outputs_and_survives_bad_image(tmp_pa
     assert rc == 1 and "broken.png" in err
     assert not (out / "json" / "broken.json").exists()
     assert _check_outputs(out, images, ["normal", "dysplastic"]) >= 6
+    # the failed image has a row, with empty counts (not a 0 that reads as "no crypts")
+    import csv
+
+    rows = {r["image"]: r for r in csv.DictReader((out / "counts.csv").open())}
+    assert set(rows) == {*images, "broken.png"}
+    assert rows["broken.png"]["status"].startswith("error:") and "broken.png" in rows["broken.png"]["status"]
+    assert [rows["broken.png"][c] for c in ("normal", "dysplastic", "total")] == ["", "", ""]
+    assert all(rows[n]["status"] == "ok" for n in images)
     # types survive to the exports: compare with the oracle's type of the instance under each centroid
     doc = json.loads((out / "json" / "a.json").read_text())
     assert doc["type_info"]["1"] == ["normal", [0, 255, 0]]
@@ -369,7 +377,12 @@ def test_cli_helpers_give_clear_errors(tmp_path, capsys):
     with pytest.raises(InputError, match="ti.json.*model predicts 3"):
         resolve_type_info(ti, 3)
     assert resolve_type_info(ti, 2).names == ("bg", "crypt")
-    assert resolve_type_info(tmp_path / "missing.json", 3).names == ("background", "type1", "type2")
+    # an explicit path that does not exist is an error; generic names only when no file exists at all
+    with pytest.raises(InputError, match="missing.json: type info file"):
+        resolve_type_info(tmp_path / "missing.json", 3)
+    assert resolve_type_info(None, 2, default=ti).names == ("bg", "crypt")
+    generic = resolve_type_info(None, 3, default=tmp_path / "absent.json")
+    assert generic.names == ("background", "type1", "type2") and "generic" in capsys.readouterr().err
     rc = _run_infer(["tile", f"--input_dir={tmp_path / 'nope'}", f"--output_dir={tmp_path / 'o'}"])
     assert rc == 1 and "nope: input directory not found" in capsys.readouterr().err
     (tmp_path / "a.png").write_bytes(b"")
@@ -405,12 +418,48 @@ def test_cli_end_to_end_with_random_weight_model(tmp_path, capsys):
     argv = ["tile", f"--input_dir={src}", f"--output_dir={out}", f"--model_path={ckpt}", "--batch_size=2"]
     # input at a third of the processing um/px: images are shrunk 3x for the network (one tile each,
     # which keeps the test fast), results are mapped back to the input pixels
-    rc = _run_infer([*argv, f"--input_mpp={cfg.proc_mpp / 3}", f"--type_info_path={tmp_path / 'none.json'}"])
+    rc = _run_infer([*argv, f"--input_mpp={cfg.proc_mpp / 3}"])  # type names: the repo's type_info.json
     err = capsys.readouterr().err
     assert rc == 1 and "z.tif" in err and "running on the CPU" in err
-    _check_outputs(out, images, ["type1", "type2"])
+    _check_outputs(out, images, ["benign", "malignant"])
     import json
 
     doc = json.loads((out / "json" / "x.json").read_text())
     assert doc["mpp"] == pytest.approx(cfg.proc_mpp / 3) and doc["proc_mpp"] == cfg.proc_mpp
     assert doc["model"] == str(ckpt) and doc["arch"] == "hovernet"
+
+
+def _one_image_dir(tmp_path):
+    from hovercrypt.io.images import write_png
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_png(src / "a.png", np.zeros((90, 80, 3), np.uint8))
+    return src
+
+
+def test_cli_type_names_do_not_depend_on_cwd(tmp_path, monkeypatch, capsys, repo_root):
+    """Without --type_info_path the repository's type_info.json is used from any directory; a
+    mistyped explicit path is a one-line error with no outputs, not silently generic names."""
+    import csv
+    import json
+
+    from hovercrypt.infer import tile_cli
+
+    inst = _oracle_layout((90, 80))
+    monkeypatch.setattr(tile_cli, "load_predictor", lambda args, bs: OraclePredictor(inst))
+    src = _one_image_dir(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no type_info.json here
+    rc = _run_infer(["tile", f"--input_dir={src}", f"--output_dir={tmp_path / 'o1'}"])
+    assert rc == 0
+    shipped = json.loads((repo_root / "type_info.json").read_text())
+    header = next(csv.reader((tmp_path / "o1" / "counts.csv").open()))
+    assert header == ["image", shipped["1"][0], shipped["2"][0], "total", "status"]
+    capsys.readouterr()
+    argv = ["tile", f"--input_dir={src}", f"--output_dir={tmp_path / 'o2'}", "--type_info_path=typo.json"]
+    rc = _run_infer(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and err.splitlines()[-1] == "error: typo.json: type info file (--type_info_path) not found"
+    assert not (tmp_path / "o2" / "counts.csv").exists()

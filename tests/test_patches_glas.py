@@ -186,3 +186,43 @@ def test_cli_errors(tmp_path):
     assert rc == 2  # missing annotation -> clear error, not a traceback
     rc = extract_patches.main(["--config=default", "--tiling=diagonal", f"--input_dir={tmp_path}"])
     assert rc == 2
+
+
+def _tiny_dataset(root: Path, n: int = 4) -> Path:
+    """``n`` 280x280 images, each with one annotated square, so every valid-tiling window is kept."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(60, 200, (280, 280, 3), dtype=np.uint8)).save(root / f"im{i}.png")
+        anno = np.zeros((280, 280), np.uint8)
+        anno[100:180, 100:180] = 1
+        Image.fromarray(anno).save(root / f"im{i}_anno.png")
+    return root
+
+
+def test_overwrite_without_split_removes_old_valid(tmp_path):
+    """Re-extracting without --split must not leave the old valid/ (its images are now training images)."""
+    src = _tiny_dataset(tmp_path / "src")
+    out = tmp_path / "out"
+    opts = ["--config=default", f"--input_dir={src}", f"--output_dir={out}", "--win=270", "--step=270",
+            "--tiling=valid", "--proc_mpp=0.5", "--image_mpp=0.5", "--quiet"]
+    assert extract_patches.main([*opts, "--split", "--valid_fraction=0.5"]) == 0
+    assert read_manifest(out / "valid") and list((out / "valid").glob("*.npy"))
+    # without --overwrite the old patches are refused, not silently mixed
+    assert extract_patches.main(opts) == 2
+    assert extract_patches.main([*opts, "--overwrite"]) == 0
+    assert not list((out / "valid").glob("*.npy")) and not (out / "valid" / "manifest.csv").exists()
+    sources = {r["source"] for r in read_manifest(out / "train")}
+    assert sources == {f"im{i}.png" for i in range(4)}
+    per_image = len(window_starts(280, 270, 270, "valid")[0]) ** 2
+    assert len(list((out / "train").glob("*.npy"))) == 4 * per_image
+
+
+def test_default_config_is_next_to_the_script(tmp_path, monkeypatch):
+    """Without --config, config.py beside extract_patches.py is used, whatever the current folder."""
+    (tmp_path / "config.py").write_text("raise RuntimeError('the config in the current folder was used')\n")
+    monkeypatch.chdir(tmp_path)
+    args = {opt: None for opt in extract_patches.OVERRIDES} | {"--config": None, "--keep_unannotated": False}
+    cfg = extract_patches.build_config(args)
+    assert extract_patches.DEFAULT_CONFIG == _script.with_name("config.py")
+    assert cfg == extract_patches.load_config(_script.with_name("config.py"))

@@ -54,3 +54,54 @@ def test_prepare_rejects_model_options_on_resume(tmp_path):
 
     with pytest.raises(ConfigError, match="--encoder"):
         prepare({"--resume": str(tmp_path), "--encoder": "resnet18"})
+
+
+def _load_run_train(repo_root):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_train_script", repo_root / "run_train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_user_errors_give_one_line_and_exit_2(tmp_path, repo_root, capsys):
+    """Bad configs, options and data folders: ``error: ...`` naming the culprit, exit 2, no traceback."""
+    run_train = _load_run_train(repo_root)
+    data = write_patches(tmp_path / "patches")
+    good = tmp_path / "tiny.json"
+    tiny_config(data).save_json(good)
+    broken_json = tmp_path / "broken.json"
+    broken_json.write_text('{"name": "x",')
+    broken_py = tmp_path / "broken.py"
+    broken_py.write_text("CONFIG = undefined_name\n")
+    (tmp_path / "empty").mkdir()
+    base = ["--gpu=", f"--log_dir={tmp_path / 'log'}", "--no_progress"]
+    cases = [
+        ([f"--config={broken_json}"], "broken.json"),
+        ([f"--config={broken_py}"], "broken.py"),
+        ([f"--config={good}", f"--data_dir={tmp_path / 'nope'}"], "nope"),
+        ([f"--config={good}", f"--data_dir={tmp_path / 'empty'}"], "empty"),
+        ([f"--config={good}", "--epochs=abc"], "--epochs"),
+        ([f"--config={good}", "--amp=xx"], "train.amp"),
+        ([f"--resume={tmp_path / 'missing.pt'}"], "missing.pt"),
+    ]
+    for opts, named in cases:
+        rc = run_train.main(base + opts)
+        err = capsys.readouterr().err.strip()
+        assert rc == 2, (opts, err)
+        assert err.startswith("error: ") and "\n" not in err and named in err, (opts, err)
+        assert "Traceback" not in err
+
+
+def test_internal_bugs_keep_their_traceback(tmp_path, repo_root, monkeypatch):
+    """Only user errors are turned into ``error:`` lines; a bug still raises."""
+    import hovercrypt.train.cli as cli
+
+    def boom(*_a, **_k):
+        raise ValueError("internal bug")
+
+    monkeypatch.setattr(cli, "prepare", boom)
+    run_train = _load_run_train(repo_root)
+    with pytest.raises(ValueError, match="internal bug"):
+        run_train.main(["--gpu=", f"--log_dir={tmp_path / 'log'}"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -203,6 +204,10 @@ def test_no_tissue_and_plain_png_and_corrupt(tmp_path):
     rows = {r["slide"]: r for r in csv.DictReader(open(out / "counts.csv"))}
     assert rows["blank"]["total"] == "0" and rows["blank"]["status"] == "ok"
     assert rows["broken"]["status"].startswith("error:")
+    # a failed slide must not read like a real zero: its numeric cells stay empty
+    numeric = ["total", "tissue_area_mm2", "crypts_per_mm2"]
+    assert [rows["broken"][c] for c in numeric] == [""] * 3
+    assert rows["blank"]["tissue_area_mm2"] == "0.0000" and rows["blank"]["crypts_per_mm2"] == "0.000"
 
 
 def test_supplied_mask_limits_processing(slide, tmp_path):
@@ -291,3 +296,20 @@ def test_cli_real_network_corrupt_slide_and_resume(tmp_path, monkeypatch, repo_r
         x0, y0, x1, y1 = r["bbox"]
         assert 0 <= x0 < x1 <= 512 and 0 <= y0 < y1 <= 512
         assert r["type"] in (0, 1, 2) and len(r["contour"]) >= 2
+
+
+def test_resume_with_other_type_names_restarts_the_slide(tmp_path):
+    """The resume fingerprint covers the type names: a finished slide is redone, not reused with old names."""
+    lay = random_layout(512, 512, [(32, 32, 480, 480)], 8, RADII, seed=6, gap=16, n_types=2)
+    path = write_layout_slide(tmp_path / "small.tif", lay, MPP, downsamples=(1,))
+    orc = OraclePredictor(lay.to_processing(F), 160, 128, nr_types=3)
+    old = TypeInfo(("background", "a1", "a2"), ((0, 0, 0), (0, 200, 0), (230, 0, 0)))
+    new = TypeInfo(("background", "b1", "b2"), ((0, 0, 0), (0, 200, 0), (230, 0, 0)))
+    out = tmp_path / "out"
+    (r1,) = run_wsi([path], out, orc, replace(_opts(64), type_info=old), workers=0)
+    (r2,) = run_wsi([path], out, orc, replace(_opts(64), type_info=new), resume=True, workers=0)
+    assert r1.status == r2.status == "ok" and r1.total == r2.total == len(lay.ellipses) > 0
+    names = {json.loads(line)["type_name"] for line in open(out / "small" / "instances.jsonl")}
+    assert names and names <= {"b1", "b2"}
+    header = next(csv.reader(open(out / "counts.csv")))
+    assert header[1:3] == ["b1", "b2"]

@@ -215,6 +215,28 @@ def _prepare_dir(d: Path, overwrite: bool) -> None:
     d.mkdir(parents=True, exist_ok=True)
 
 
+def _clear_stale_split(d: Path, overwrite: bool) -> None:
+    """Remove the patches and manifest of a split the new run does not write.
+
+    Otherwise an old ``valid/`` (from a run with ``--split``) would survive a
+    re-extraction without it and validate on images that are now training images.
+    """
+    old = list(d.glob("*.npy")) if d.is_dir() else []
+    manifest = d / "manifest.csv"
+    if not old and not manifest.is_file():
+        return
+    if not overwrite:
+        raise InputError(
+            f"{d}: holds {len(old)} patch file(s) from an earlier run that this run would not replace; "
+            "use --overwrite to remove them"
+        )
+    for f in old:
+        f.unlink()
+    manifest.unlink(missing_ok=True)
+    if not any(d.iterdir()):
+        d.rmdir()
+
+
 def extract_patches(
     cfg: Config, output_dir: str | Path, split: bool = False, overwrite: bool = False, progress: bool = True
 ) -> ExtractReport:
@@ -232,6 +254,9 @@ def extract_patches(
     else:
         train_names, valid_names = {r.name for r in records}, set()
     splits = ["train"] + (["valid"] if valid_names else [])
+    for s in ("train", "valid"):
+        if s not in splits:
+            _clear_stale_split(out / s, overwrite)
     for s in splits:
         _prepare_dir(out / s, overwrite)
     report = ExtractReport()

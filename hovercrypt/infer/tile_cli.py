@@ -3,8 +3,9 @@
 For each image: read, resample to the model's processing resolution, run the
 overlap-tile inference, post-process, map back to the input resolution, and
 write ``json/``, ``mat/``, ``overlay/`` and ``geojson/`` outputs; one
-``counts.csv`` covers the run. A bad image is reported and skipped so one
-corrupt file does not cost a long batch; the exit code then is 1.
+``counts.csv`` covers the run (``status`` = ``ok`` or ``error: ...``). A bad
+image is reported and skipped so one corrupt file does not cost a long batch;
+its row keeps empty counts (not a misleading 0) and the exit code is 1.
 
 ``resolve_device``, ``resolve_type_info`` and ``write_image_outputs`` are
 shared with the whole-slide command.
@@ -50,21 +51,47 @@ def resolve_device(gpu: str | None) -> str:
     return f"cuda:{first}"
 
 
-def resolve_type_info(path: str | Path | None, nr_types: int) -> TypeInfo:
-    """Type names/colours from ``path``; when the file does not exist, generic defaults (with a notice).
+#: ``type_info.json`` at the repository root (beside ``run_infer.py``): the default of
+#: ``--type_info_path``, so the type names do not depend on the current directory.
+DEFAULT_TYPE_INFO = Path(__file__).resolve().parents[2] / "type_info.json"
 
+
+def resolve_type_info(
+    path: str | Path | None, nr_types: int, default: str | Path | None = DEFAULT_TYPE_INFO
+) -> TypeInfo:
+    """Type names/colours from ``path`` (given explicitly) or else from ``default``.
+
+    A path the user typed that does not exist is an error (a typo must not
+    silently turn the type names into ``type1, type2``); only when no path was
+    given and the default file is absent are generic names used (with a notice).
     A file with fewer types than the model predicts is an error: crypts of the
     missing types would be exported nameless.
     """
-    if path and Path(path).is_file():
-        ti = load_type_info(path)
-        if nr_types > 0 and len(ti) < nr_types:
-            raise InputError(
-                f"{path}: lists {len(ti)} types but the model predicts {nr_types} (with background)"
-            )
-        return ti
-    _notice(f"notice: type info {path} not found; using default type names")
-    return TypeInfo.default(nr_types)
+    if path:
+        if not Path(path).is_file():
+            raise InputError(f"{path}: type info file (--type_info_path) not found")
+        src = Path(path)
+    elif default is not None and Path(default).is_file():
+        src = Path(default)
+    else:
+        _notice(f"notice: no --type_info_path and no {default}; using generic type names")
+        return TypeInfo.default(nr_types)
+    ti = load_type_info(src)
+    if nr_types > 0 and len(ti) < nr_types:
+        raise InputError(f"{src}: lists {len(ti)} types but the model predicts {nr_types} (with background)")
+    return ti
+
+
+def prepare_output_dir(path: str | Path) -> Path:
+    """Create ``--output_dir``; an existing file there (or an uncreatable path) is a one-line error."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --output_dir exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{out}: cannot create --output_dir ({e.strerror or type(e).__name__})") from e
+    return out
 
 
 def list_images(input_dir: str | Path) -> list[Path]:
@@ -119,14 +146,14 @@ def _float_opt(args: Mapping[str, Any], key: str) -> float | None:
     return f
 
 
-def _int_opt(args: Mapping[str, Any], key: str, default: int) -> int:
+def _int_opt(args: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
     v = args.get(key)
     try:
         n = int(v) if v not in (None, "") else default
     except ValueError as e:
         raise InputError(f"{key} must be an integer, got {v!r}") from e
-    if n < 1:
-        raise InputError(f"{key} must be >= 1, got {n}")
+    if n < minimum:
+        raise InputError(f"{key} must be >= {minimum}, got {n}")
     return n
 
 
@@ -156,6 +183,7 @@ def run_tile_cli(args: Mapping[str, Any]) -> int:
 
     try:
         files = list_images(args["--input_dir"])
+        out_dir = prepare_output_dir(args["--output_dir"])
         batch_size = _int_opt(args, "--batch_size", 8)
         input_mpp = _float_opt(args, "--input_mpp")
         predictor = load_predictor(args, batch_size)
@@ -166,9 +194,7 @@ def run_tile_cli(args: Mapping[str, Any]) -> int:
         return 1
     proc_mpp = float(cfg.proc_mpp)
     params = cfg.postproc.pixels(proc_mpp)
-    out_dir = Path(args["--output_dir"])
-    out_dir.mkdir(parents=True, exist_ok=True)
-    columns = ["image", *count_columns(type_info, predictor.nr_types), "total"]
+    columns = ["image", *count_columns(type_info, predictor.nr_types), "total", "status"]
     rows: list[dict[str, Any]] = []
     failed: list[str] = []
     for path in tqdm(files, desc="images", unit="img"):
@@ -194,8 +220,11 @@ def run_tile_cli(args: Mapping[str, Any]) -> int:
             msg = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
             tqdm.write(f"error: {msg}", file=sys.stderr)
             failed.append(path.name)
+            # count cells stay empty; the status is kept on one line for spreadsheet users
+            rows.append({"image": path.name, "status": "error: " + " ".join(msg.split())})
             continue
-        rows.append({"image": path.name, **count_by_type(info, type_info, predictor.nr_types)})
+        counts = count_by_type(info, type_info, predictor.nr_types)
+        rows.append({"image": path.name, **counts, "status": "ok"})
     write_counts_csv(out_dir / "counts.csv", rows, columns)
     if failed:
         print(f"error: {len(failed)} of {len(files)} image(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -153,6 +153,7 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "windows": [predictor.input_size, predictor.output_size],
         "model": opts.model_id,
         "postproc": opts.postproc,
+        "type_info": opts.type_info.to_json_dict(),  # names end up in every record and the GeoJSON
         "tissue_sha1": hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest(),
     }
 

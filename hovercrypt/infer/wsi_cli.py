@@ -19,7 +19,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from hovercrypt.infer.tile_cli import _float_opt, _int_opt, load_predictor, resolve_type_info
+from hovercrypt.infer.tile_cli import (
+    _float_opt,
+    _int_opt,
+    load_predictor,
+    prepare_output_dir,
+    resolve_type_info,
+)
 from hovercrypt.infer.wsi import WsiOptions, process_slide
 from hovercrypt.infer.wsi_outputs import SlideResult, write_counts
 from hovercrypt.io.images import InputError
@@ -135,7 +141,11 @@ def resolve_proc_mpp(args: Mapping[str, Any], model_mpp: float) -> float:
 
 def run_wsi_cli(args: Mapping[str, Any]) -> int:
     """Entry point for ``run_infer.py wsi`` (``args``: the docopt dict). Returns the exit code."""
-    out_dir = Path(args["--output_dir"])
+    try:  # before logging, whose wsi.log lives in the output folder
+        out_dir = prepare_output_dir(args["--output_dir"])
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     handlers = _setup_logging(out_dir)
     try:
         return _run(args, out_dir)
@@ -147,12 +157,16 @@ def run_wsi_cli(args: Mapping[str, Any]) -> int:
 
 def _run(args: Mapping[str, Any], out_dir: Path) -> int:
     try:
+        if args.get("--input_mpp"):  # a tile option: silently ignoring it would process at the wrong scale
+            raise InputError(
+                "--input_mpp is for run_infer.py tile; for slides without a stored resolution use --slide_mpp"
+            )
         slides = list_slides(args["--input_dir"])
         if args.get("--input_mask_dir") and not Path(args["--input_mask_dir"]).is_dir():
             raise InputError(f"{args['--input_mask_dir']}: mask directory not found")
         batch_size = _int_opt(args, "--batch_size", 8)
         tile_shape = _int_opt(args, "--tile_shape", 2048)
-        workers = int(args.get("--workers") or 0)
+        workers = _int_opt(args, "--workers", 0, minimum=0)
         predictor = load_predictor(args, batch_size)
         cfg = predictor.config
         proc_mpp = resolve_proc_mpp(args, float(cfg.proc_mpp))

@@ -41,7 +41,11 @@ class SlideResult:
     stages: dict[str, float] = field(default_factory=dict)
 
     def row(self, type_info: TypeInfo, nr_types: int) -> dict[str, Any]:
+        """The CSV row; a failed slide has empty count/area/density cells, never a 0 that reads as real."""
         r: dict[str, Any] = {"slide": self.slide}
+        if self.status != "ok":
+            r["status"] = self.status
+            return r
         for t, name in enumerate(count_columns(type_info, nr_types), start=1):
             r[name] = self.types.get(str(t), 0)
         r["total"] = self.total

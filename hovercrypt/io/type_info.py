@@ -13,6 +13,10 @@ from pathlib import Path
 
 from hovercrypt.io.images import InputError
 
+#: counts.csv columns besides the per-type counts (tile and wsi): a type of the same name would
+#: overwrite one of them.
+RESERVED_NAMES = frozenset({"image", "slide", "total", "status", "tissue_area_mm2", "crypts_per_mm2"})
+
 
 @dataclass(frozen=True)
 class TypeInfo:
@@ -50,6 +54,13 @@ def parse_type_info(data: object, source: str = "<type_info>") -> TypeInfo:
     except (TypeError, ValueError) as e:
         bad = [k for k in data if not str(k).lstrip("-").isdigit()]
         raise InputError(f"{source}: keys must be integer type ids, got {bad}") from e
+    # "01" or " 1" parse as 1 but would not be found under "1": demand the plain spelling
+    odd = [k for k in data if isinstance(k, bool) or str(k) != str(int(k))]
+    if odd:
+        raise InputError(
+            f"{source}: type ids must be written as plain integers like \"1\", got {odd}"
+            f" (write {[str(int(k)) for k in odd]})"
+        )
     if ids != list(range(len(ids))):
         raise InputError(f"{source}: type ids must be consecutive from 0 (0 = background), got {ids}")
     names, colors = [], []
@@ -68,6 +79,12 @@ def parse_type_info(data: object, source: str = "<type_info>") -> TypeInfo:
         colors.append(tuple(color))
     if len(set(names)) != len(names):
         raise InputError(f"{source}: type names must be unique, got {names}")
+    clash = [n for n in names[1:] if n in RESERVED_NAMES]
+    if clash:
+        raise InputError(
+            f"{source}: type name(s) {clash} clash with counts.csv columns "
+            f"({', '.join(sorted(RESERVED_NAMES))}); rename them"
+        )
     return TypeInfo(tuple(names), tuple(colors))  # type: ignore[arg-type]
 
 

@@ -10,6 +10,7 @@ numpy types a training run stores (RNG state, metrics) are allow-listed.
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +82,20 @@ def save_checkpoint(
     atomic_torch_save(path, ck)
 
 
+def _load_error_summary(e: Exception) -> str:
+    """``Type: first sentence`` of a torch.load error, on one line.
+
+    torch's weights-only errors span many lines and advise ``weights_only=False``
+    (arbitrary code execution): that advice must not reach our users. The
+    unpickler's own line (what was refused) is kept when present.
+    """
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(e).splitlines()]
+    lines = [ln for ln in lines if ln]
+    line = next((ln for ln in lines if ln.startswith("WeightsUnpickler error:")), lines[0] if lines else "")
+    head, sep, _ = line.partition(". ")
+    return f"{type(e).__name__}: {head}{'.' if sep else ''}"
+
+
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     """Read and check a checkpoint; missing files, corrupt files or missing keys are clear errors."""
     path = Path(path)
@@ -90,7 +105,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         with torch.serialization.safe_globals(_safe_numpy_globals()):
             ck = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated / foreign files raise many types
-        raise InputError(f"{path}: not a readable hovercrypt checkpoint ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a readable hovercrypt checkpoint ({_load_error_summary(e)})") from e
     if not isinstance(ck, dict):
         raise InputError(f"{path}: not a hovercrypt checkpoint (holds a {type(ck).__name__}, not a dict)")
     missing = [k for k in REQUIRED_KEYS if k not in ck]

@@ -9,10 +9,12 @@ may be given again.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 from hovercrypt.config import Config, ConfigError
+from hovercrypt.io.images import InputError
 from hovercrypt.presets import load_config
 from hovercrypt.train import state as st
 from hovercrypt.train.amp import parse_gpus, resolve_amp
@@ -107,7 +109,20 @@ def prepare(args: dict[str, Any], default_config: str | Path | None = None):
 
 
 def run(args: dict[str, Any], script: str, argv: list[str], default_config: str | Path | None = None) -> int:
-    """Entry point behind ``run_train.py``; returns the process exit code."""
+    """Entry point behind ``run_train.py``; returns the process exit code.
+
+    User errors (bad config, options or data) print one ``error: ...`` line and
+    exit with 2, like ``extract_patches.py``; anything else is a bug and keeps
+    its traceback.
+    """
+    try:
+        return _run(args, script, argv, default_config)
+    except (ConfigError, InputError) as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+def _run(args: dict[str, Any], script: str, argv: list[str], default_config: str | Path | None) -> int:
     gpus = parse_gpus(args.get("--gpu"))
     if needs_relaunch(gpus):
         return relaunch_with_torchrun(gpus, script, argv)
