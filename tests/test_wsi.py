@@ -210,6 +210,17 @@ def test_no_tissue_and_plain_png_and_corrupt(tmp_path):
     assert rows["blank"]["tissue_area_mm2"] == "0.0000" and rows["blank"]["crypts_per_mm2"] == "0.000"
 
 
+def test_small_field_of_view_is_not_dropped_as_a_speck(tmp_path):
+    """An image smaller than infer.min_tissue_area_um2 still has tissue, and its crypts are counted."""
+    lay = random_layout(300, 300, [(0, 0, 300, 300)], 6, (24.0, 40.0), seed=5, gap=12)
+    write_png(tmp_path / "in" / "fov.png", render_tile(lay, 1, 0, 0, 300, 300))
+    opts = replace(_opts(256, slide_mpp=MPP), min_tissue_area_um2=40000.0)  # > the 150 x 150 µm image
+    orc = OraclePredictor(lay.to_processing(F), 160, 128)
+    res = run_wsi([tmp_path / "in" / "fov.png"], tmp_path / "out", orc, opts, workers=0)
+    assert res[0].status == "ok" and res[0].tissue_area_mm2 > 0.5 * (300 * MPP / 1000) ** 2
+    assert len(lay.ellipses) > 0 and res[0].total == len(lay.ellipses)
+
+
 def test_supplied_mask_limits_processing(slide, tmp_path):
     """With a mask covering only the left tissue piece, only crypts there are found."""
     path, layout = slide

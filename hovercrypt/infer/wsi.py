@@ -117,7 +117,10 @@ def tissue_mask(reader: SlideReader, opts: WsiOptions, mask_path: Path | None) -
     thumb = reader.thumbnail(mpp)
     if mask_path is not None:
         return load_mask(mask_path, thumb.shape[:2]), mpp
-    return otsu_tissue_mask(thumb, mpp, opts.min_tissue_area_um2), mpp
+    # the minimum tissue piece is meant to drop specks on a slide; a small image (a field of view,
+    # a tile) is itself smaller than that, so the limit is capped at 5% of the image's area
+    slide_um2 = reader.dimensions[0] * reader.dimensions[1] * reader.mpp**2
+    return otsu_tissue_mask(thumb, mpp, min(opts.min_tissue_area_um2, 0.05 * slide_um2)), mpp
 
 
 def _reader_thread(
