@@ -131,15 +131,32 @@ def test_mat_export(layout, tmp_path):
 
 def test_counts(layout, tmp_path):
     inst, types, info = layout
-    assert count_columns(TI, 3) == ["benign", "malignant"]
+    assert count_columns(TI, 3) == ["benign", "malignant", "untyped"]
     assert count_columns(TypeInfo.default(0), 0) == []
     c = count_by_type(info, TI, 3)
     assert c["benign"] == sum(t == 1 for t in types.values())
     assert c["malignant"] == sum(t == 2 for t in types.values())
+    assert c["untyped"] == 0
     assert c["total"] == len(types)
-    write_counts_csv(tmp_path / "c.csv", [{"image": "a", **c}], ["image", "benign", "malignant", "total"])
+    cols = ["image", "benign", "malignant", "untyped", "total"]
+    write_counts_csv(tmp_path / "c.csv", [{"image": "a", **c}], cols)
     rows = list(csv.DictReader((tmp_path / "c.csv").open()))
     assert rows == [{"image": "a", **{k: str(v) for k, v in c.items()}}]
+
+
+def test_counts_columns_add_up_to_total_with_untyped_instances(layout):
+    """An instance the type head gave no foreground vote (type 0) is counted as ``untyped``."""
+    _, types, info = layout
+    first = min(info)
+    mixed = {**info, first: {**info[first], "type": 0}}
+    c = count_by_type(mixed, TI, 3)
+    assert c["untyped"] == 1 and c["total"] == len(types)
+    assert c["benign"] + c["malignant"] + c["untyped"] == c["total"]
+    assert c["benign"] + c["malignant"] == len(types) - 1
+    rec = instance_record(first, mixed[first], type_info=TI)
+    assert rec["type"] == 0 and rec["type_name"] == "untyped"  # a found crypt is never "background"
+    # a model without a type head: no per-type columns at all, only the total
+    assert count_by_type(mixed, TypeInfo.default(0), 0) == {"total": len(types)}
 
 
 def test_overlay_draws_type_colours(layout):
@@ -167,7 +184,9 @@ def test_type_info_rejects_non_canonical_ids(key):
         parse_type_info(data, "ti.json")
 
 
-@pytest.mark.parametrize("name", ["total", "status", "image", "slide", "tissue_area_mm2", "crypts_per_mm2"])
+@pytest.mark.parametrize(
+    "name", ["total", "untyped", "status", "image", "slide", "tissue_area_mm2", "crypts_per_mm2"]
+)
 def test_type_info_rejects_names_of_counts_columns(name, tmp_path):
     """A type called e.g. "total" would overwrite that counts.csv column."""
     from hovercrypt.io.images import InputError

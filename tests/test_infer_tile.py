@@ -343,7 +343,7 @@ def test_cli_with_oracle_writes_consistent_outputs_and_survives_bad_image(tmp_pa
     err = capsys.readouterr().err
     assert rc == 1 and "broken.png" in err
     assert not (out / "json" / "broken.json").exists()
-    assert _check_outputs(out, images, ["normal", "dysplastic"]) >= 6
+    assert _check_outputs(out, images, ["normal", "dysplastic", "untyped"]) >= 6
     # the failed image has a row, with empty counts (not a 0 that reads as "no crypts")
     import csv
 
@@ -421,7 +421,7 @@ def test_cli_end_to_end_with_random_weight_model(tmp_path, capsys):
     rc = _run_infer([*argv, f"--input_mpp={cfg.proc_mpp / 3}"])  # type names: the repo's type_info.json
     err = capsys.readouterr().err
     assert rc == 1 and "z.tif" in err and "running on the CPU" in err
-    _check_outputs(out, images, ["benign", "malignant"])
+    _check_outputs(out, images, ["benign", "malignant", "untyped"])
     import json
 
     doc = json.loads((out / "json" / "x.json").read_text())
@@ -456,7 +456,7 @@ def test_cli_type_names_do_not_depend_on_cwd(tmp_path, monkeypatch, capsys, repo
     assert rc == 0
     shipped = json.loads((repo_root / "type_info.json").read_text())
     header = next(csv.reader((tmp_path / "o1" / "counts.csv").open()))
-    assert header == ["image", shipped["1"][0], shipped["2"][0], "total", "status"]
+    assert header == ["image", shipped["1"][0], shipped["2"][0], "untyped", "total", "status"]
     capsys.readouterr()
     argv = ["tile", f"--input_dir={src}", f"--output_dir={tmp_path / 'o2'}", "--type_info_path=typo.json"]
     rc = _run_infer(argv)

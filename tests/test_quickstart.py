@@ -21,6 +21,8 @@ def test_quickstart_runs_end_to_end(tmp_path, repo_root) -> None:
     rows = list(csv.DictReader(open(out / "results" / "counts.csv")))
     assert len(rows) == 1 and rows[0]["status"] == "ok"
     total = int(rows[0]["total"])
+    # the per-type columns (benign, malignant, untyped) add up to the total
+    assert sum(int(rows[0][c]) for c in ("benign", "malignant", "untyped")) == total
     assert f"{total} crypts" in proc.stdout
     res = out / "results" / "colon_sample"
     lines = (res / "instances.jsonl").read_text().splitlines()

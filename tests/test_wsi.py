@@ -170,6 +170,7 @@ def test_outputs_and_counts(slide, runs):
     assert len(rows) == 1 and rows[0]["status"] == "ok"
     assert int(rows[0]["total"]) == len(layout.ellipses)
     assert int(rows[0]["type1"]) + int(rows[0]["type2"]) == len(layout.ellipses)
+    assert rows[0]["untyped"] == "0"
     area = float(rows[0]["tissue_area_mm2"])
     assert abs(area / true_tissue - 1) < 0.05
     assert float(rows[0]["crypts_per_mm2"]) == pytest.approx(len(rec) / area, rel=1e-3)

@@ -18,7 +18,14 @@ from typing import Any
 import numpy as np
 
 from hovercrypt.infer.stitch import part_path
-from hovercrypt.io.export import count_columns, geojson_feature, write_counts_csv, write_geojson, write_jsonl
+from hovercrypt.io.export import (
+    count_columns,
+    geojson_feature,
+    named_counts,
+    write_counts_csv,
+    write_geojson,
+    write_jsonl,
+)
 from hovercrypt.io.images import write_png
 from hovercrypt.io.overlay import draw_overlay
 from hovercrypt.io.type_info import TypeInfo
@@ -46,8 +53,7 @@ class SlideResult:
         if self.status != "ok":
             r["status"] = self.status
             return r
-        for t, name in enumerate(count_columns(type_info, nr_types), start=1):
-            r[name] = self.types.get(str(t), 0)
+        r.update(named_counts({int(k): v for k, v in self.types.items()}, type_info, nr_types))
         r["total"] = self.total
         r["tissue_area_mm2"] = f"{self.tissue_area_mm2:.4f}"
         dens = self.total / self.tissue_area_mm2 if self.tissue_area_mm2 > 0 else 0.0

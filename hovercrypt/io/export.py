@@ -33,6 +33,10 @@ from hovercrypt.io.type_info import TypeInfo
 
 InstanceInfo = Mapping[int, Mapping[str, Any]]
 
+#: counts.csv column and instance ``type_name`` for crypts the type head gave no foreground vote
+#: (type 0); with it the per-type columns add up to ``total`` instead of leaving a silent gap.
+UNTYPED_COLUMN = "untyped"
+
 
 def _xy(points: Any, scale: float = 1.0, offset: Sequence[float] = (0.0, 0.0)) -> np.ndarray:
     """Points as float64 (N, 2) (x, y), transformed by ``scale`` and ``offset``."""
@@ -97,8 +101,8 @@ def instance_record(
         "type": int(inst.get("type", 0) or 0),
         "type_prob": None if inst.get("type_prob") is None else _num(inst["type_prob"]),
     }
-    if type_info is not None:
-        rec["type_name"] = type_info.name(rec["type"])
+    if type_info is not None:  # a found crypt is never called "background": type 0 reads "untyped"
+        rec["type_name"] = type_info.name(rec["type"]) if rec["type"] > 0 else UNTYPED_COLUMN
     return rec
 
 
@@ -221,21 +225,33 @@ def write_geojson(path: str | Path, features: Iterable[Mapping[str, Any]]) -> in
 
 
 def count_columns(type_info: TypeInfo, nr_types: int) -> list[str]:
-    """Per-type count columns: the names of type ids 1..T-1 (none when the model has no type head)."""
+    """Per-type count columns: names of type ids 1..T-1, then ``untyped``; none without a type head."""
     n = max(len(type_info), nr_types) if nr_types > 0 else 0
-    return [type_info.name(t) for t in range(1, n)]
+    if n == 0:
+        return []
+    return [type_info.name(t) for t in range(1, n)] + [UNTYPED_COLUMN]
+
+
+def named_counts(per_type: Mapping[int, int], type_info: TypeInfo, nr_types: int) -> dict[str, int]:
+    """Counts per type id -> the counts.csv columns plus ``total`` (the columns add up to it)."""
+    cols = count_columns(type_info, nr_types)
+    counts = dict.fromkeys(cols, 0)
+    if cols:
+        typed = cols[:-1]
+        for t, n in per_type.items():
+            name = typed[t - 1] if 0 < t <= len(typed) else UNTYPED_COLUMN
+            counts[name] += int(n)
+    counts["total"] = int(sum(per_type.values()))
+    return counts
 
 
 def count_by_type(info: InstanceInfo, type_info: TypeInfo, nr_types: int) -> dict[str, int]:
-    """Counts per type name plus ``total``. Untyped instances (type 0) appear in ``total`` only."""
-    counts = dict.fromkeys(count_columns(type_info, nr_types), 0)
+    """Counts per type name, ``untyped`` (type 0) and ``total``, for one image's instances."""
+    per_type: dict[int, int] = {}
     for inst in info.values():
         t = int(inst.get("type", 0) or 0)
-        name = type_info.name(t)
-        if t > 0 and name in counts:
-            counts[name] += 1
-    counts["total"] = len(info)
-    return counts
+        per_type[t] = per_type.get(t, 0) + 1
+    return named_counts(per_type, type_info, nr_types)
 
 
 def write_counts_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:

@@ -15,7 +15,9 @@ from hovercrypt.io.images import InputError
 
 #: counts.csv columns besides the per-type counts (tile and wsi): a type of the same name would
 #: overwrite one of them.
-RESERVED_NAMES = frozenset({"image", "slide", "total", "status", "tissue_area_mm2", "crypts_per_mm2"})
+RESERVED_NAMES = frozenset(
+    {"image", "slide", "untyped", "total", "status", "tissue_area_mm2", "crypts_per_mm2"}
+)
 
 
 @dataclass(frozen=True)
