@@ -178,9 +178,24 @@ def test_resolve_amp_on_cpu():
     cpu = torch.device("cpu")
     assert resolve_amp("none", cpu) is None
     assert resolve_amp("bf16", cpu) == torch.bfloat16
-    assert resolve_amp("auto", cpu) in (torch.bfloat16, None)
     with pytest.raises(ConfigError, match="CUDA"):
         resolve_amp("fp16", cpu)
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_auto_amp_on_cpu_uses_bf16_only_where_it_pays_off(monkeypatch, amx):
+    """bf16 autocast measured slower than fp32 on AVX512-BF16 without AMX: "auto" follows the AMX check,
+    in training and in inference alike."""
+    from hovercrypt.infer import predictor
+    from hovercrypt.models import precision
+    from hovercrypt.train import amp
+
+    monkeypatch.setattr(amp, "cpu_bf16_pays_off", lambda: amx)
+    monkeypatch.setattr(precision, "cpu_bf16_pays_off", lambda: amx)
+    want = torch.bfloat16 if amx else None
+    assert resolve_amp("auto", torch.device("cpu")) == want
+    assert predictor.resolve_amp("auto", "cpu") == want
+    assert predictor.resolve_amp("bf16", "cpu") == torch.bfloat16  # an explicit choice still wins
 
 
 def test_csv_rewrite_keeps_all_columns(tmp_path):

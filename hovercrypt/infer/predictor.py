@@ -101,8 +101,8 @@ def predict_tta(
 def resolve_amp(amp: str, device: Any) -> Any:
     """The autocast dtype for ``amp`` ("auto" | "bf16" | "fp16" | "none") on ``device``, or None.
 
-    "auto": bf16 on CUDA when supported (fp16 otherwise); bf16 on CPUs with
-    native bf16 (AVX512-BF16 / AMX, about 2x faster there), fp32 elsewhere.
+    "auto": bf16 on CUDA when supported (fp16 otherwise); on the CPU bf16 only
+    with AMX, fp32 elsewhere (see :mod:`hovercrypt.models.precision`).
     """
     import torch
 
@@ -118,12 +118,9 @@ def resolve_amp(amp: str, device: Any) -> Any:
     if dev.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if dev.type == "cpu":
-        cpu = getattr(torch, "cpu", None)
-        native = any(
-            bool(getattr(cpu, fn, lambda: False)())
-            for fn in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        )
-        return torch.bfloat16 if native else None
+        from hovercrypt.models.precision import cpu_bf16_pays_off
+
+        return torch.bfloat16 if cpu_bf16_pays_off() else None
     return None
 
 

@@ -13,21 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from hovercrypt.config import ConfigError
-
-
-def cpu_bf16_supported() -> bool:
-    """True when oneDNN has native bf16 kernels on this CPU (AVX512-BF16/AMX): autocast then pays off."""
-    try:
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+from hovercrypt.models.precision import cpu_bf16_pays_off
 
 
 def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.amp`` on ``device`` (None = full fp32).
 
-    ``auto`` picks bf16 where the hardware runs it natively, else fp16 on CUDA
-    (with a GradScaler) and fp32 on CPUs without bf16 support.
+    ``auto`` picks bf16 on GPUs that support it, else fp16 (with a GradScaler); on
+    the CPU bf16 only with AMX, else fp32 (see :mod:`hovercrypt.models.precision`).
     """
     if amp == "none":
         return None
@@ -45,7 +38,7 @@ def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "bf16":
         return torch.bfloat16
     if amp == "auto":
-        return torch.bfloat16 if cpu_bf16_supported() else None
+        return torch.bfloat16 if cpu_bf16_pays_off() else None
     raise ConfigError(f"train.amp must be auto/bf16/fp16/none, got {amp!r}")
 
 
