@@ -15,6 +15,8 @@ Options:
   --input_mpp=<um>         (tile) resolution of the input images in um/px. Default: the
                            processing resolution stored in the model (no resampling).
   --tta                    Flip test-time augmentation (4 passes, averaged).
+  --postproc=<json>        JSON object of post-processing fields (see PostprocConfig) that
+                           replace the model's stored values, e.g. {"np_thresh": 0.6}.
   --proc_mpp=<um>          (wsi) processing resolution. Default: the model's.
   --proc_mag=<x>           (wsi) processing magnification instead of --proc_mpp (10 um/px / x).
   --slide_mpp=<um>         (wsi) level-0 resolution for slides that do not store it.

@@ -276,6 +276,25 @@ class PostprocConfig:
     unet_min_seed_area_um2: float = 30.0  # 3-class: interior seeds smaller than this are noise
     unet_max_hole_area_um2: float = 2000.0  # background holes (lumen) up to this size are filled
 
+    def validate(self) -> None:
+        """Ranges the post-processors need; a hand-edited ``--postproc`` file fails here, by field."""
+        for key in ("np_thresh", "unet_fg_thresh"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"postproc.{key} must be in [0, 1), got {getattr(self, key)}")
+        if not 0.0 < self.marker_thresh <= 1.0:
+            raise ConfigError(f"postproc.marker_thresh must be in (0, 1], got {self.marker_thresh}")
+        if not 0.0 < self.unet_split_ratio <= 1.0:
+            raise ConfigError(f"postproc.unet_split_ratio must be in (0, 1], got {self.unet_split_ratio}")
+        if self.sobel_ksize_um <= 0:
+            raise ConfigError(f"postproc.sobel_ksize_um must be > 0, got {self.sobel_ksize_um}")
+        for f in dataclasses.fields(self):
+            if (f.name.endswith("_um") or f.name.endswith("_um2")) and getattr(self, f.name) < 0:
+                raise ConfigError(f"postproc.{f.name} must be >= 0, got {getattr(self, f.name)}")
+        if self.blur_ksize < 1 or self.blur_ksize % 2 == 0:
+            raise ConfigError(f"postproc.blur_ksize must be an odd number >= 1, got {self.blur_ksize}")
+        if not 2 <= self.watershed_levels <= 65532:
+            raise ConfigError(f"postproc.watershed_levels must be in [2, 65532], got {self.watershed_levels}")
+
     def pixels(self, mpp: float) -> dict[str, Any]:
         """The parameters in pixels at ``mpp`` µm/px (what ``instances_from_maps`` takes)."""
         if mpp <= 0:
@@ -340,6 +359,7 @@ class Config:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        self.postproc.validate()
         _ = self.windows
 
     def to_dict(self) -> dict[str, Any]:

@@ -88,3 +88,18 @@ def test_changed_settings_restart_instead_of_mixing(slide, tmp_path):
     fresh = OraclePredictor(e, 160, 128)
     run_wsi([path], tmp_path / "fresh", fresh, other, workers=0)
     assert orc.tiles_seen == fresh.tiles_seen
+
+
+def test_resume_with_tta_toggled_restarts(slide, tmp_path):
+    """Flip TTA changes the maps, so regions predicted without it are not reused with it."""
+    path, layout = slide
+    e = layout.to_processing(PROC_MPP / MPP)
+    with pytest.raises(RunInterrupted):
+        run_wsi([path], tmp_path, OraclePredictor(e, 160, 128), _opts(stop_after_chunks=2), workers=0)
+    again = OraclePredictor(e, 160, 128)
+    again.tta = True  # the oracle ignores it; only the manifest sees the change
+    (res,) = run_wsi([path], tmp_path, again, _opts(), resume=True, workers=0)
+    fresh = OraclePredictor(e, 160, 128)
+    (ref,) = run_wsi([path], tmp_path / "fresh", fresh, _opts(), workers=0)
+    assert res.total == ref.total == len(layout.ellipses)
+    assert again.tiles_seen == fresh.tiles_seen  # nothing was reused

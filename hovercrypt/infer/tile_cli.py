@@ -173,7 +173,39 @@ def load_predictor(args: Mapping[str, Any], batch_size: int) -> Any:
     pred = NetworkPredictor.from_checkpoint(model_path, device, batch_size=batch_size, tta=tta)
     if pred.config is None:
         raise InputError(f"{model_path}: checkpoint holds no config (proc_mpp, post-processing)")
+    if args.get("--postproc"):
+        pred.config = pred.config.replace(postproc=load_postproc_overrides(args["--postproc"], pred.config))
     return pred
+
+
+def load_postproc_overrides(path: str | Path, cfg: Any) -> Any:
+    """The checkpoint's ``PostprocConfig`` with the fields of the JSON file at ``path`` replaced.
+
+    Post-processing is tuned after training (``benchmarks/tune_postproc.py`` writes such a
+    file), so it can change without touching the model. Only the keys given are replaced;
+    unknown keys, wrong types or out-of-range values are errors that name the file.
+    """
+    import dataclasses
+    import json
+
+    from hovercrypt.config import PostprocConfig
+    from hovercrypt.typed_dicts import build_dataclass
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: --postproc file not found")
+    try:
+        overrides = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(overrides, dict):
+        raise InputError(f"{path}: expected a JSON object of post-processing fields")
+    try:
+        post = build_dataclass(PostprocConfig, {**dataclasses.asdict(cfg.postproc), **overrides}, "postproc")
+        post.validate()
+    except ConfigError as e:
+        raise InputError(f"{path}: {e}") from e
+    return post
 
 
 def run_tile_cli(args: Mapping[str, Any]) -> int:

@@ -155,6 +155,9 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "margin_px": margin,
         "windows": [predictor.input_size, predictor.output_size],
         "model": opts.model_id,
+        # flips and precision change the maps: a resume must not mix them with earlier regions
+        "tta": bool(getattr(predictor, "tta", False)),
+        "precision": str(getattr(predictor, "amp_dtype", None)),
         "postproc": opts.postproc,
         "type_info": opts.type_info.to_json_dict(),  # names end up in every record and the GeoJSON
         "tissue_sha1": hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest(),

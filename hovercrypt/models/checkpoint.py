@@ -151,6 +151,18 @@ def export_for_inference(src: str | Path, dst: str | Path, half: bool = True) ->
     return Path(dst)
 
 
+def update_stored_postproc(path: str | Path, postproc: Any) -> None:
+    """Replace the post-processing section of a checkpoint's config, weights untouched (atomic).
+
+    Post-processing is tuned after training, on the trained network's maps; storing
+    the result makes it the checkpoint's default for ``run_infer.py``.
+    """
+    ck = load_checkpoint(path)
+    cfg = Config.from_dict(ck["config"])
+    ck["config"] = dataclasses.replace(cfg, postproc=postproc).to_dict()
+    atomic_torch_save(path, ck)
+
+
 def default_model_path() -> Path:
     """The GlaS model shipped inside the package (``hovercrypt/weights/hovercrypt_glas.pt``)."""
     path = Path(hovercrypt.__file__).parent / "weights" / "hovercrypt_glas.pt"
