@@ -8,7 +8,7 @@ makes from ``data.valid_fraction`` and ``data.split_seed``, so no validation pat
 
 Usage:
   accuracy.py [--hovernet=<ckpt>] [--unet=<ckpt>] [--glas_dir=<dir>] [--out=<json>]
-              [--limit=<n>] [--radius_um=<um>] [--batch_size=<n>]
+              [--limit=<n>] [--radius_um=<um>] [--batch_size=<n>] [--tta]
 
 Options:
   --hovernet=<ckpt>   HoVer-Net checkpoint. Default: the shipped model.
@@ -18,6 +18,7 @@ Options:
   --limit=<n>         Only the first n validation images (quick look).
   --radius_um=<um>    Centroid pairing radius for the type metrics [default: 50].
   --batch_size=<n>    Tiles per network batch [default: 8].
+  --tta               Flip test-time augmentation (4 passes per tile, averaged), as run_infer.py --tta.
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ def validation_records(glas_dir: str) -> tuple[Any, list[Any]]:
 
 
 def evaluate_model(
-    ckpt: Path, cfg: Any, records: list[Any], radius_um: float, batch_size: int
+    ckpt: Path, cfg: Any, records: list[Any], radius_um: float, batch_size: int, tta: bool = False
 ) -> dict[str, Any]:
     """Run one checkpoint over the validation images; pooled and mean metrics plus timing."""
-    pred = NetworkPredictor.from_checkpoint(ckpt, batch_size=batch_size)
+    pred = NetworkPredictor.from_checkpoint(ckpt, batch_size=batch_size, tta=tta)
     pcfg = pred.config
     params = pcfg.postproc.pixels(pcfg.proc_mpp)
     info_types = load_type_info("type_info.json") if Path("type_info.json").is_file() else None
@@ -94,6 +95,7 @@ def evaluate_model(
     return {
         "checkpoint": str(ckpt),
         "arch": pred.arch,
+        "tta": tta,
         "encoder": pcfg.model.encoder if pred.arch == "hovernet" else pcfg.model.unet_encoder,
         "mode": pcfg.model.mode,
         "proc_mpp": pcfg.proc_mpp,
@@ -134,7 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(records)} validation images, patients "
           f"{sorted({r.patient for r in records}, key=lambda p: int(p) if p.isdigit() else 0)}")
     results = {
-        name: evaluate_model(path, cfg, records, float(args["--radius_um"]), int(args["--batch_size"]))
+        name: evaluate_model(
+            path, cfg, records, float(args["--radius_um"]), int(args["--batch_size"]), bool(args["--tta"])
+        )
         for name, path in models.items()
     }
     print(format_table(results))
