@@ -15,15 +15,15 @@ Options:
   --input_mpp=<um>         (tile) resolution of the input images in um/px. Default: the
                            processing resolution stored in the model (no resampling).
   --tta                    Flip test-time augmentation (4 passes, averaged).
-  --postproc=<json>        JSON object of post-processing fields (see PostprocConfig) that
-                           replace the model's stored values, e.g. {"np_thresh": 0.6}.
+  --postproc=<json>        Post-processing fields (see PostprocConfig) that replace the model's
+                           stored values: a JSON file, or inline, e.g. '{"np_thresh": 0.6}'.
   --proc_mpp=<um>          (wsi) processing resolution. Default: the model's.
   --proc_mag=<x>           (wsi) processing magnification instead of --proc_mpp (10 um/px / x).
   --slide_mpp=<um>         (wsi) level-0 resolution for slides that do not store it.
   --input_mask_dir=<dir>   (wsi) tissue masks <stem>.png (any size, non-zero = tissue).
   --tile_shape=<px>        (wsi) processing region side in px at proc_mpp [default: 2048].
   --resume                 (wsi) continue a killed run from its last finished chunk.
-  --workers=<n>            (wsi) post-processing worker processes; 0 = in the main process [default: 2].
+  --workers=<n>            (wsi) post-processing threads; 0 = in the main thread [default: 2].
   -h --help                Show this help.
 """
 

@@ -203,6 +203,31 @@ def test_reads_mat_written_by_the_exporter(tmp_path):
     assert lf.types == {3: 2, 9: 1}
 
 
+def test_bmp_glas_layout_shape_mismatch_and_unwritable_out(tmp_path, capsys):
+    """The original GlaS release stores .bmp; a size mismatch names both files; an output path
+    that cannot be a folder is a one-line error, not a traceback."""
+    true_dir, pred_dir = tmp_path / "true", tmp_path / "pred"
+    true_dir.mkdir()
+    pred_dir.mkdir()
+    t = _blocks((20, 30), (0, 8, 0, 8), (10, 18, 10, 20))
+    Image.fromarray(t.astype(np.uint8)).save(true_dir / "testA_1_anno.bmp")
+    Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(true_dir / "testA_1.bmp")  # the image: ignored
+    np.save(pred_dir / "testA_1.npy", t * 3)
+    out = tmp_path / "out"
+    assert compute_stats.main([f"--pred_dir={pred_dir}", f"--true_dir={true_dir}", f"--out={out}"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["all"]["pooled"]["obj_f1"] == 1.0 and summary["all"]["pooled"]["pq"] == 1.0
+    (tmp_path / "afile").write_text("x")
+    bad = tmp_path / "afile" / "o"
+    rc = compute_stats.main([f"--pred_dir={pred_dir}", f"--true_dir={true_dir}", f"--out={bad}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err[-1].startswith(f"error: {bad}: cannot write the outputs there")
+    np.save(pred_dir / "testA_1.npy", np.zeros((21, 30), np.int32))
+    rc = compute_stats.main([f"--pred_dir={pred_dir}", f"--true_dir={true_dir}", f"--out={tmp_path / 'o2'}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(pred_dir / "testA_1.npy") in err and str(true_dir / "testA_1_anno.bmp") in err
+
+
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
     from hovercrypt.io.images import InputError
     from hovercrypt.metrics.labels_io import read_label_file, read_types_csv

@@ -61,6 +61,17 @@ def test_rgb_label_map_is_rejected(tmp_path):
         read_label(tmp_path / "l.png")
 
 
+def test_palette_png_label_keeps_its_indices(tmp_path):
+    """Label maps are often saved as indexed PNGs: the ids are the palette indices, not colours."""
+    lab = np.array([[0, 1, 2], [2, 0, 7]], np.uint8)
+    im = Image.fromarray(lab, mode="P")
+    im.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [9, 9, 9] * 253)
+    im.save(tmp_path / "p.png")
+    assert np.array_equal(read_label(tmp_path / "p.png"), lab.astype(np.int32))
+    # the same file read as an image gives the palette colours
+    assert read_rgb(tmp_path / "p.png")[0, 1].tolist() == [255, 0, 0]
+
+
 def test_negative_label_is_rejected(tmp_path):
     tifffile.imwrite(tmp_path / "n.tif", np.array([[0, -1]], np.int32))
     with pytest.raises(InputError, match=r"n\.tif: label map has negative values"):

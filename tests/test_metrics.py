@@ -260,6 +260,23 @@ def test_type_metrics_empty_and_perfect():
     assert all(v["f1"] == 1.0 for v in r["per_type"].values())
 
 
+def test_type_metrics_empty_truth_merge_and_split():
+    # empty ground truth, two predictions: both are detection false positives, F1_d = 0
+    r = type_metrics(np.zeros((0, 2)), [], [(1, 1), (9, 9)], [1, 2], radius_px=3)
+    assert (r["tp_d"], r["fp_d"], r["fn_d"]) == (0, 2, 0) and r["f1_detection"] == 0.0
+    assert r["per_type"][1]["f1"] == 0.0 and r["per_type"][2]["f1"] == 0.0
+    # merge: one prediction midway between two true glands 4 px apart pairs with one of them only:
+    # TP_d = 1, FN_d = 1 -> F1_d = 2 / (2 + 0 + 1) = 2/3; the pair's type is right -> accuracy 1
+    r = type_metrics([(0, 0), (4, 0)], [1, 1], [(2, 0)], [1], radius_px=3)
+    assert (r["tp_d"], r["fp_d"], r["fn_d"]) == (1, 0, 1)
+    assert r["f1_detection"] == pytest.approx(2 / 3) and r["type_accuracy"] == 1.0
+    # split: two predictions for one true gland: one pairs, the other is a false positive;
+    # both have the true type 2 -> accuracy 1, type-2 F1 = 2 / (2 + 1 + 0) = 2/3
+    r = type_metrics([(2, 0)], [2], [(0, 0), (4, 0)], [2, 2], radius_px=3)
+    assert (r["tp_d"], r["fp_d"], r["fn_d"]) == (1, 1, 0)
+    assert r["type_accuracy"] == 1.0 and r["per_type"][2]["f1"] == pytest.approx(2 / 3)
+
+
 def test_pairing_maximises_pairs_before_distance():
     # greedy-by-distance would take t1-p0 (d=2) and leave t0 unpaired (t0-p1 is 8.5 > 3.6);
     # the documented pairing keeps both: t0-p0 (3) and t1-p1 (3.5)

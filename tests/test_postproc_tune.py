@@ -151,3 +151,21 @@ def test_run_infer_postproc_file_overrides_the_checkpoint(tmp_path: Path, capsys
         assert not (out / "counts.csv").exists()
     with pytest.raises(InputError, match="nope.json: --postproc file not found"):
         load_predictor({"--model_path": str(ckpt), "--postproc": str(tmp_path / "nope.json")}, 2)
+    # inline JSON works the same way, and its errors name the option
+    inline = load_predictor({"--model_path": str(ckpt), "--postproc": '{"blur_ksize": 5}'}, 2)
+    assert inline.config.postproc == PostprocConfig(blur_ksize=5)
+    with pytest.raises(InputError, match=r"^--postproc: postproc.blur_ksize must be an odd number"):
+        load_predictor({"--model_path": str(ckpt), "--postproc": '{"blur_ksize": 4}'}, 2)
+
+
+def test_run_infer_model_flag_gets_a_hint(tmp_path: Path, capsys) -> None:
+    """``--model=unet`` is a run_train.py flag; docopt expands it to --model_path=unet here."""
+    from hovercrypt.io.images import write_png
+
+    src = tmp_path / "in"
+    src.mkdir()
+    write_png(src / "a.png", np.full((30, 30, 3), 200, np.uint8))
+    rc = _run_infer(["tile", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", "--model=unet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "unet: model checkpoint not found" in err
+    assert "architecture comes from the checkpoint" in err

@@ -31,7 +31,7 @@ from hovercrypt.data.targets import compact_ids
 from hovercrypt.io.images import IMAGE_EXTS, InputError, as_label, read_label, read_rgb
 from hovercrypt.io.type_info import TypeInfo, load_type_info
 
-LABEL_EXTS = (".png", ".tif", ".tiff")
+LABEL_EXTS = (".png", ".tif", ".tiff", ".bmp")  # .bmp: the original GlaS release
 
 
 @dataclass

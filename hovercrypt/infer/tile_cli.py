@@ -167,7 +167,10 @@ def load_predictor(args: Mapping[str, Any], batch_size: int) -> Any:
 
         model_path = default_model_path()
     if not Path(model_path).is_file():
-        raise InputError(f"{model_path}: model checkpoint not found (give one with --model_path)")
+        hint = "give one with --model_path"
+        if str(model_path) in ("unet", "hovernet"):  # docopt reads --model=unet as --model_path=unet
+            hint = "the architecture comes from the checkpoint; give the checkpoint file with --model_path"
+        raise InputError(f"{model_path}: model checkpoint not found ({hint})")
     device = resolve_device(args.get("--gpu"))
     tta = bool(args.get("--tta"))
     pred = NetworkPredictor.from_checkpoint(model_path, device, batch_size=batch_size, tta=tta)
@@ -178,12 +181,13 @@ def load_predictor(args: Mapping[str, Any], batch_size: int) -> Any:
     return pred
 
 
-def load_postproc_overrides(path: str | Path, cfg: Any) -> Any:
-    """The checkpoint's ``PostprocConfig`` with the fields of the JSON file at ``path`` replaced.
+def load_postproc_overrides(spec: str | Path, cfg: Any) -> Any:
+    """The checkpoint's ``PostprocConfig`` with the fields given by ``spec`` replaced.
 
+    ``spec`` is a JSON file or an inline JSON object (``{"np_thresh": 0.6}``).
     Post-processing is tuned after training (``benchmarks/tune_postproc.py`` writes such a
     file), so it can change without touching the model. Only the keys given are replaced;
-    unknown keys, wrong types or out-of-range values are errors that name the file.
+    unknown keys, wrong types or out-of-range values are errors that name the source.
     """
     import dataclasses
     import json
@@ -191,20 +195,26 @@ def load_postproc_overrides(path: str | Path, cfg: Any) -> Any:
     from hovercrypt.config import PostprocConfig
     from hovercrypt.typed_dicts import build_dataclass
 
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: --postproc file not found")
+    text, where = str(spec), "--postproc"
+    if not text.lstrip().startswith("{"):
+        path = Path(spec)
+        if not path.is_file():
+            raise InputError(f"{path}: --postproc file not found (give a JSON file or an inline JSON object)")
+        try:
+            text, where = path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{path}: cannot read --postproc file ({e})") from e
     try:
-        overrides = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: not valid JSON ({e})") from e
+        overrides = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InputError(f"{where}: not valid JSON ({e})") from e
     if not isinstance(overrides, dict):
-        raise InputError(f"{path}: expected a JSON object of post-processing fields")
+        raise InputError(f"{where}: expected a JSON object of post-processing fields")
     try:
         post = build_dataclass(PostprocConfig, {**dataclasses.asdict(cfg.postproc), **overrides}, "postproc")
         post.validate()
     except ConfigError as e:
-        raise InputError(f"{path}: {e}") from e
+        raise InputError(f"{where}: {e}") from e
     return post
 
 

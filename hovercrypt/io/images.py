@@ -23,7 +23,9 @@ class InputError(ValueError):
     """Bad user input; the message names the file and what is wrong."""
 
 
-def _read_array(path: Path) -> np.ndarray:
+def _read_array(path: Path, keep_palette: bool = False) -> np.ndarray:
+    """Pixels of ``path``. ``keep_palette``: an indexed ("P") PNG gives its indices (label maps are
+    often saved that way), not the colours they stand for (what an image needs)."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     try:
@@ -32,7 +34,7 @@ def _read_array(path: Path) -> np.ndarray:
 
             return np.asarray(tifffile.imread(path))
         with Image.open(path) as im:
-            if im.mode == "P":
+            if im.mode == "P" and not keep_palette:
                 im = im.convert("RGBA") if "transparency" in im.info else im.convert("RGB")
             return np.asarray(im)
     except InputError:
@@ -80,13 +82,13 @@ def read_rgb(path: str | Path) -> np.ndarray:
 def read_label(path: str | Path) -> np.ndarray:
     """Read an integer label map (instance ids or type ids) as int32 (H, W)."""
     path = Path(path)
-    arr = _read_array(path)
+    arr = _read_array(path, keep_palette=True)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[..., 0]
     if arr.ndim != 2:
         raise InputError(
-            f"{path}: a label map must be single-channel, got shape {arr.shape} "
-            "(a colour-coded class mask needs data.type_source='color')"
+            f"{path}: a label map must be single-channel integer ids, got shape {arr.shape} "
+            "(an RGB colour-coded class mask is read for training with data.type_source='color')"
         )
     return as_label(arr, str(path))
 

@@ -63,7 +63,10 @@ def evaluate_folders(
     for name, pf, tf in tqdm(pairs, desc="images", disable=not progress, leave=False):
         pred, true = read_label_file(pf), read_label_file(tf)
         if pred.inst.shape != true.inst.shape:
-            raise InputError(f"{pf.name} has shape {pred.inst.shape} but {tf.name} has {true.inst.shape}")
+            raise InputError(
+                f"{name}: prediction {pf} has shape {pred.inst.shape} "
+                f"but ground truth {tf} has {true.inst.shape}"
+            )
         tt = pt = None
         if mode == "type":
             tt = _true_types(name, true, tf, true_image_types)
@@ -159,8 +162,12 @@ def write_outputs(
     """``<out>/per_image.csv`` and ``<out>/summary.json``, written atomically."""
     out = Path(out_dir)
     csv_path, json_path = out / "per_image.csv", out / "summary.json"
-    atomic_write_text(csv_path, rows_to_csv(rows))
-    atomic_write_text(json_path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    try:
+        atomic_write_text(csv_path, rows_to_csv(rows))
+        atomic_write_text(json_path, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    except OSError as e:  # a file in the way, no permission, full disk: say where, not a traceback
+        why = f"{type(e).__name__}: {e.strerror or e}"
+        raise InputError(f"{out}: cannot write the outputs there ({why})") from e
     return csv_path, json_path
 
 

@@ -18,7 +18,8 @@ import numpy as np
 from hovercrypt.io.images import InputError, as_label, read_label
 from hovercrypt.io.type_info import TypeInfo
 
-LABEL_EXTS = (".mat", ".npy", ".png", ".tif", ".tiff")
+IMAGE_LABEL_EXTS = (".png", ".tif", ".tiff", ".bmp")  # the original GlaS release uses .bmp
+LABEL_EXTS = (".mat", ".npy", *IMAGE_LABEL_EXTS)
 STRIP_SUFFIXES = ("_anno", "_inst", "_label", "_labels")
 TYPE_SUFFIX = "_type"  # <stem>_type.<ext> beside a PNG/TIFF/npy label is its per-pixel type map
 
@@ -141,13 +142,13 @@ def read_label_file(path: str | Path) -> LabelFile:
             inst = as_label(arr, str(path))
         else:
             raise InputError(f"{path}: expected (H, W), (H, W, 2) or (H, W, 5) array, got {arr.shape}")
-    elif ext in (".png", ".tif", ".tiff"):
+    elif ext in IMAGE_LABEL_EXTS:
         inst = read_label(path)
     else:
         raise InputError(f"{path}: unsupported label file type {ext!r}")
     if types is None and ext != ".mat":
         base = path.stem[: -len("_anno")] if path.stem.endswith("_anno") else path.stem
-        for e in (".png", ".tif", ".tiff", ".npy"):
+        for e in (*IMAGE_LABEL_EXTS, ".npy"):
             tp = path.with_name(base + TYPE_SUFFIX + e)
             if tp.is_file():
                 types = as_label(np.load(tp, allow_pickle=False), str(tp)) if e == ".npy" else read_label(tp)

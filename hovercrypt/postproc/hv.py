@@ -56,7 +56,7 @@ HV_PARAMS = (
 )
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _energy_and_markers(sh, sv, comp, hmin, hrange, vmin, vrange, thresh):  # pragma: no cover
     """Fused stage 3: normalised, inverted Sobel -> energy (float32) and raw markers (uint8).
 
@@ -102,7 +102,7 @@ def _refl(i, n):  # pragma: no cover - compiled
     return i
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _row_fir(buf, k, out):  # pragma: no cover - compiled
     """out[x] = sum_t buf[x + t] * k[t], one fused multiply-add per tap, in tap order."""
     n, w = k.size, out.size
@@ -127,7 +127,7 @@ def _row_fir(buf, k, out):  # pragma: no cover - compiled
         t += 1
 
 
-@njit(cache=True, fastmath={"contract"})
+@njit(cache=True, nogil=True, fastmath={"contract"})
 def _col_fir(ring, k, y, h, sym, out, nf):  # pragma: no cover - compiled
     """Column pass of output row ``y`` over the ring of row-pass rows, fused for ``x < nf``.
 
@@ -170,7 +170,7 @@ def _col_fir(ring, k, y, h, sym, out, nf):  # pragma: no cover - compiled
         t += 1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _col_fir_plain(ring, k, y, h, sym, out, x0):  # pragma: no cover - compiled
     """:func:`_col_fir` for ``x >= x0`` with separately rounded multiply and add (OpenCV's scalar tail)."""
     n, w = k.size, out.size
@@ -192,7 +192,7 @@ def _col_fir_plain(ring, k, y, h, sym, out, x0):  # pragma: no cover - compiled
                 out[x] = out[x] + (a[x] - b[x]) * kt
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _minmax(row, lo, hi):  # pragma: no cover - compiled
     """Per-column running min/max: element-wise, so it vectorises (a scalar reduction does not)."""
     for x in range(row.size):
@@ -201,7 +201,7 @@ def _minmax(row, lo, hi):  # pragma: no cover - compiled
         hi[x] = v if v > hi[x] else hi[x]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sobel_hv(hv, kd, ks):  # pragma: no cover - compiled
     """x-derivative of channel 0 and y-derivative of channel 1 (cv2.Sobel, reflect-101 border), min/max.
 

@@ -17,7 +17,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scan(inst, nlab):  # pragma: no cover - compiled
     h, w = inst.shape
     area = np.zeros(nlab, np.int64)
@@ -45,7 +45,7 @@ def _scan(inst, nlab):  # pragma: no cover - compiled
     return area, sx, sy, x0, y0, x1, y1
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _scan_types(inst, prob, nlab):  # pragma: no cover - compiled
     """Per instance: votes for each argmax type and the sum of each type's probability."""
     h, w = inst.shape

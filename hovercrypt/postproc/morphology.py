@@ -24,7 +24,7 @@ def _find(parent, a):  # pragma: no cover - compiled
     return a
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _run_labels(img, thresh):  # pragma: no cover - compiled
     """Runs of ``img >= thresh`` (row, x0, x1 exclusive), their component label, and the areas.
 
@@ -118,7 +118,7 @@ def _run_labels(img, thresh):  # pragma: no cover - compiled
     return ry[:n], rx0[:n], rx1[:n], lab, area
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _grow(a, cap):  # pragma: no cover - compiled
     """``a`` copied into a longer array."""
     b = np.empty(cap, a.dtype)
@@ -126,7 +126,7 @@ def _grow(a, cap):  # pragma: no cover - compiled
     return b
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _paint(out, ry, rx0, rx1, lab):  # pragma: no cover - compiled
     """Write the label image row by row: zero the row, then fill each run (slice fills vectorise)."""
     h = out.shape[0]

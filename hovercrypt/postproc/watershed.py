@@ -88,7 +88,7 @@ _MARKER = 65534  # marker pixel (labelled), not queued
 _OUTSIDE = 65535  # outside the mask, or already labelled by the flood
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _prepare(energy, kernel, comp, keep, markers, lut, lo, hi, nlev, direct):  # pragma: no cover - compiled
     """Level image, marker labels and seeds for the flood.
 
@@ -181,7 +181,7 @@ def _prepare(energy, kernel, comp, keep, markers, lut, lo, hi, nlev, direct):  #
     return lev, res, seeds[:ns], seed_u[:ns], seed_lev[:ns], seed_comp[:ns]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _flood(lev, res, w2, nlev, seeds, seed_u, seed_lev, seed_comp, ncomp):  # pragma: no cover - compiled
     """Grow the labels of ``res`` (flat, unpadded) over the levels ``lev`` (flat, padded) in place.
 
