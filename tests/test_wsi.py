@@ -186,8 +186,9 @@ def test_outputs_and_counts(slide, runs):
 
 
 @pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # the corrupt file
-def test_no_tissue_and_plain_png_and_corrupt(tmp_path):
-    """A blank slide counts 0 (ok); a plain PNG goes through the same path; a corrupt file is reported."""
+def test_no_tissue_and_plain_png_and_corrupt(tmp_path, caplog):
+    """A blank slide counts 0 (ok, with a warning); a plain PNG goes through the same path; a
+    corrupt file is reported."""
     src = tmp_path / "in"
     blank = CryptLayout(2048, 2048, np.zeros((0, 6)), [])
     write_layout_slide(src / "blank.tif", blank, MPP)
@@ -200,6 +201,8 @@ def test_no_tissue_and_plain_png_and_corrupt(tmp_path):
     res = run_wsi(slides, out, orc_png, _opts(256, slide_mpp=MPP), workers=1, pool_kind="thread")
     by = {r.slide: r for r in res}
     assert by["blank"].status == "ok" and by["blank"].total == 0 and by["blank"].tissue_area_mm2 == 0
+    no_tissue = [r.getMessage() for r in caplog.records if "no tissue found" in r.getMessage()]
+    assert len(no_tissue) == 1 and no_tissue[0].startswith("blank:")
     assert by["plain"].status == "ok" and by["plain"].total == len(lay.ellipses)
     assert by["broken"].status.startswith("error:") and "broken.svs" in by["broken"].status
     rows = {r["slide"]: r for r in csv.DictReader(open(out / "counts.csv"))}

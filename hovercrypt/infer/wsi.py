@@ -183,6 +183,13 @@ def process_slide(
         f = opts.proc_mpp / reader.mpp
         W, H = reader.size_at(opts.proc_mpp)
         mask, thumb_mpp = tissue_mask(reader, opts, Path(mask_path) if mask_path else None)
+        if not mask.any():  # a count of 0 must not look like a slide without crypts
+            log.warning(
+                "%s: no tissue found (%s); nothing is segmented. Check the slide, or give a tissue "
+                "mask with --input_mask_dir",
+                name,
+                "the supplied mask is empty" if mask_path else "automatic mask: Otsu on saturation",
+            )
         tmx, tmy = _mpp_label(reader, thumb_mpp)
         area_mm2 = float(mask.sum()) * tmx * tmy / 1e6
         margin = margin_pixels(opts.margin_um, opts.proc_mpp, predictor.input_size, predictor.output_size)
