@@ -40,10 +40,9 @@ from docopt import docopt
 from tqdm import tqdm
 
 from hovercrypt.data.readers import list_records, read_record
-from hovercrypt.data.resample import resize_image, scale_shape
 from hovercrypt.data.split import patient_split
 from hovercrypt.infer.predictor import NetworkPredictor
-from hovercrypt.infer.tile import predict_image
+from hovercrypt.infer.tile import predict_resampled
 from hovercrypt.io.atomic import atomic_write_text
 from hovercrypt.models.checkpoint import default_model_path, load_checkpoint, update_stored_postproc
 from hovercrypt.postproc.tune import METRICS, Case, score_postproc, tune_postproc
@@ -56,9 +55,8 @@ def predict_cases(pred: NetworkPredictor, records: list[Any], data_cfg: Any, des
     cases = []
     for rec in tqdm(records, desc=desc, unit="img"):
         sample = read_record(rec, data_cfg, None)
-        hw = scale_shape(sample.image.shape[:2], data_cfg.image_mpp, proc_mpp)
-        image = sample.image if hw == sample.image.shape[:2] else resize_image(sample.image, hw)
-        cases.append(Case(rec.name, predict_image(pred, image, batch_size=8), sample.inst))
+        maps = predict_resampled(pred, sample.image, proc_mpp, data_cfg.image_mpp)
+        cases.append(Case(rec.name, maps, sample.inst))
     return cases
 
 

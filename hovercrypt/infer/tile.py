@@ -98,6 +98,27 @@ def predict_image(
     return {k: np.ascontiguousarray(v[dy : dy + h, dx : dx + w]) for k, v in maps.items()}
 
 
+def predict_resampled(
+    predictor: Any,
+    image: np.ndarray,
+    proc_mpp: float,
+    input_mpp: float | None = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """Maps of ``image`` at ``proc_mpp``: resampled from ``input_mpp`` first when that differs.
+
+    The network and the post-processing sizes assume the processing resolution, so every
+    caller that predicts on an image at its own resolution goes through here.
+    """
+    from hovercrypt.data.resample import resize_image, scale_shape
+
+    hw = image.shape[:2]
+    proc_hw = scale_shape(hw, input_mpp or proc_mpp, proc_mpp)
+    proc_img = image if proc_hw == hw else resize_image(image, proc_hw)
+    return predict_image(predictor, proc_img, batch_size=batch_size, progress=progress)
+
+
 def segment_image(
     predictor: Any,
     image: np.ndarray,
@@ -119,16 +140,14 @@ def segment_image(
     Returns ``(inst_map int32 (H, W), info)`` with ``info`` from
     :func:`hovercrypt.postproc.instance_info`.
     """
-    from hovercrypt.data.resample import resize_image, resize_labels, scale_shape
+    from hovercrypt.data.resample import resize_image, resize_labels
     from hovercrypt.postproc import instance_info, maps_to_instances
 
     h, w = image.shape[:2]
-    proc_hw = scale_shape((h, w), input_mpp or proc_mpp, proc_mpp)
-    proc_img = image if proc_hw == (h, w) else resize_image(image, proc_hw)
-    maps = predict_image(predictor, proc_img, batch_size=batch_size, progress=progress)
+    maps = predict_resampled(predictor, image, proc_mpp, input_mpp, batch_size, progress)
     inst = np.asarray(maps_to_instances(maps, predictor.arch, postproc_params), np.int32)
     type_prob = maps.get("tp")
-    if proc_hw != (h, w):
+    if inst.shape != (h, w):
         inst = resize_labels(inst, (h, w))
         if type_prob is not None:
             type_prob = resize_image(type_prob, (h, w))
