@@ -44,7 +44,7 @@ from hovercrypt.data.split import patient_split
 from hovercrypt.infer.predictor import NetworkPredictor
 from hovercrypt.infer.tile import predict_resampled
 from hovercrypt.io.atomic import atomic_write_text
-from hovercrypt.models.checkpoint import default_model_path, load_checkpoint, update_stored_postproc
+from hovercrypt.models.checkpoint import default_model_path, update_stored_postproc
 from hovercrypt.postproc.tune import METRICS, Case, score_postproc, tune_postproc
 from hovercrypt.presets import glas_config
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {args['--write_postproc']}")
     if args["--update_checkpoint"]:
         update_stored_postproc(ckpt, tuned)
-        print(f"stored the tuned post-processing in {ckpt} ({load_checkpoint(ckpt)['arch']})")
+        print(f"stored the tuned post-processing in {ckpt} ({arch})")
     return 0
 
 
