@@ -23,7 +23,16 @@ Options:
   --input_mask_dir=<dir>   (wsi) tissue masks <stem>.png (any size, non-zero = tissue).
   --tile_shape=<px>        (wsi) processing region side in px at proc_mpp [default: 2048].
   --resume                 (wsi) continue a killed run from its last finished chunk.
+                           (Concurrent runs on one --output_dir never share a slide: each slide
+                           is locked while processed; see README, "Cohorts".)
   --workers=<n>            (wsi) post-processing threads; 0 = in the main thread [default: 2].
+  --ray=<address>          (wsi) run each slide as a Ray task: local (start Ray on this machine),
+                           auto (join the running cluster), or ray://head:10001. Needs the extra:
+                           pip install -e ".[ray]". Outputs and resume as without --ray.
+  --ray_workers=<n>        (wsi, --ray=local) slides processed at once. Default: 2.
+  --ray_cpus_per_slide=<n> (wsi, --ray) CPUs each slide task reserves. Default: 1.
+  --ray_gpus_per_slide=<n> (wsi, --ray) GPUs each slide task reserves; > 0 runs the network on the
+                           GPU Ray assigns (use instead of --gpu). Default: 0.
   -h --help                Show this help.
 """
 

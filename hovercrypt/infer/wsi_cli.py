@@ -3,22 +3,24 @@
 One bad slide must not cost a long batch: each slide runs in its own
 try/except, its error goes to the log and to ``counts.csv`` (``status =
 error: ...``), the others finish, and the exit code is 1. ``counts.csv`` is
-rewritten after every slide, so it is useful while a long run is going.
+rebuilt from the per-slide results on disk after every slide, so it is useful
+while a long run is going and true whichever of several concurrent runs
+writes it last (see :mod:`hovercrypt.infer.slide_jobs` for the per-slide
+locks). ``--ray`` runs the slides as Ray tasks (:mod:`hovercrypt.infer.cohort`).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from hovercrypt.infer.slide_jobs import Busy, SlideBook, SlideJob, find_mask, make_pool, run_slide_job
 from hovercrypt.infer.tile_cli import (
     _float_opt,
     _int_opt,
@@ -26,14 +28,15 @@ from hovercrypt.infer.tile_cli import (
     prepare_output_dir,
     resolve_type_info,
 )
-from hovercrypt.infer.wsi import WsiOptions, process_slide
-from hovercrypt.infer.wsi_outputs import SlideResult, write_counts
+from hovercrypt.infer.wsi import WsiOptions
+from hovercrypt.infer.wsi_outputs import SlideResult
 from hovercrypt.io.images import InputError
 from hovercrypt.io.slide import SLIDE_EXTS
 
 log = logging.getLogger("hovercrypt.wsi")
 #: test hook for the resume test of the CLI: stop (like a kill) after this many committed chunks.
 STOP_ENV = "HOVERCRYPT_STOP_AFTER_CHUNKS"
+__all__ = ["find_mask", "list_slides", "make_pool", "run_wsi", "run_wsi_cli"]  # re-exported helpers
 
 
 def list_slides(input_dir: str | Path) -> list[Path]:
@@ -47,32 +50,6 @@ def list_slides(input_dir: str | Path) -> list[Path]:
     return files
 
 
-def find_mask(mask_dir: str | Path | None, stem: str) -> Path | None:
-    """``<mask_dir>/<stem>.<png|tif|...>``; a mask folder without this slide's mask is an error."""
-    if not mask_dir:
-        return None
-    for ext in (".png", ".tif", ".tiff", ".bmp", ".jpg"):
-        p = Path(mask_dir) / f"{stem}{ext}"
-        if p.is_file():
-            return p
-    raise InputError(f"{mask_dir}: no tissue mask {stem}.png for slide {stem}")
-
-
-def make_pool(workers: int, kind: str = "thread") -> Executor | None:
-    """Post-processing pool: threads (the default) or spawned processes.
-
-    The numba kernels release the GIL (``nogil=True``) and OpenCV does too, so threads
-    post-process in parallel without copying each region's maps (~200 MB at 2048 px) to
-    another process. Measured with benchmarks/wsi.py at 0.93 um/px, threads were as fast
-    and kept the whole run within ~1.4 GB, where two spawned workers added ~1.2 GB each.
-    """
-    if workers <= 0:
-        return None
-    if kind == "thread":
-        return ThreadPoolExecutor(max_workers=workers)
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-
-
 def run_wsi(
     slides: Sequence[Path],
     out_dir: str | Path,
@@ -83,37 +60,45 @@ def run_wsi(
     workers: int = 2,
     pool_kind: str = "thread",
 ) -> list[SlideResult]:
-    """Process ``slides`` one after another; per-slide errors become ``status = error: ...`` rows."""
+    """Process ``slides`` one after another; per-slide errors become ``status = error: ...`` rows.
+
+    A slide locked by another process (a concurrent run on the same ``out_dir``) is put off:
+    the others are done first, then the run waits for that lock and takes the other run's
+    result from disk if it finished after this run started. Results come in input order.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results: list[SlideResult] = []
+    book = SlideBook(slides, out_dir, opts, mask_dir, resume, workers, predictor.nr_types)
     pool = make_pool(workers, pool_kind)
     try:
-        seen: set[str] = set()
-        for path in tqdm(slides, desc="slides", unit="slide", disable=not opts.progress):
-            try:
-                if path.stem in seen:  # outputs are named by stem: a.svs and a.tif would collide
-                    raise InputError(f"{path}: another slide named {path.stem!r} was already processed")
-                seen.add(path.stem)
-                mask = find_mask(mask_dir, path.stem)
-                res = process_slide(path, out_dir, predictor, opts, pool, mask, resume, workers)
-                log.info(
-                    "%s: %d crypts, %.2f mm² tissue, %.1f s",
-                    res.slide,
-                    res.total,
-                    res.tissue_area_mm2,
-                    res.seconds,
-                )
-            except Exception as e:  # one bad slide must not stop the run
-                msg = str(e) if isinstance(e, InputError) else f"{path}: {type(e).__name__}: {e}"
-                log.error("%s", msg)
-                res = SlideResult(slide=path.stem, status=f"error: {msg}")
-            results.append(res)
-            write_counts(out_dir / "counts.csv", results, opts.type_info, predictor.nr_types)
+        with tqdm(total=len(slides), desc="slides", unit="slide", disable=not opts.progress) as bar:
+            bar.update(len(book.early))
+            deferred: list[SlideJob] = []
+            for job in book.jobs:
+                out = run_slide_job(job, predictor, pool, wait=False)
+                if isinstance(out, Busy):
+                    log.info(
+                        "%s: locked by %s (%s); doing the other slides first, then waiting for it",
+                        out.slide,
+                        out.holder,
+                        out.lock,
+                    )
+                    deferred.append(job)
+                    continue
+                book.settle(job, out)
+                bar.update(1)
+            for job in deferred:
+                log.info("%s: waiting for its lock %s", job.path.stem, job.slide_dir / ".lock")
+                out = run_slide_job(job, predictor, pool, wait=True)
+                if isinstance(out, Busy):  # cannot happen with wait=True; kept for type narrowing
+                    raise RuntimeError(f"{out.lock}: lock not acquired although waited for")
+                book.settle(job, out)
+                bar.update(1)
+        book.write_counts()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return results
+    return book.results()
 
 
 class _TqdmHandler(logging.Handler):
@@ -173,7 +158,15 @@ def _run(args: Mapping[str, Any], out_dir: Path) -> int:
         batch_size = _int_opt(args, "--batch_size", 8)
         tile_shape = _int_opt(args, "--tile_shape", 2048)
         workers = _int_opt(args, "--workers", 0, minimum=0)
-        predictor = load_predictor(args, batch_size)
+        ray_kw: dict[str, Any] | None = None
+        if args.get("--ray") is not None:
+            from hovercrypt.infer.cohort import import_ray, load_driver_predictor, ray_settings
+
+            ray_kw = ray_settings(args)
+            import_ray()  # before the model loads: a missing Ray is a one-line error at once
+            predictor, source = load_driver_predictor(args, batch_size)
+        else:
+            predictor = load_predictor(args, batch_size)
         cfg = predictor.config
         proc_mpp = resolve_proc_mpp(args, float(cfg.proc_mpp))
         type_info = resolve_type_info(args.get("--type_info_path"), predictor.nr_types)
@@ -196,9 +189,19 @@ def _run(args: Mapping[str, Any], out_dir: Path) -> int:
     except (InputError, ValueError) as e:
         log.error("%s", e)
         return 1
-    results = run_wsi(
-        slides, out_dir, predictor, opts, args.get("--input_mask_dir"), bool(args.get("--resume")), workers
-    )
+    mask_dir, resume = args.get("--input_mask_dir"), bool(args.get("--resume"))
+    if ray_kw is not None:
+        from hovercrypt.infer.cohort import run_cohort
+
+        try:
+            results = run_cohort(
+                slides, out_dir, source, opts, predictor.nr_types, mask_dir, resume, workers, **ray_kw
+            )
+        except InputError as e:  # Ray could not be started or reached
+            log.error("%s", e)
+            return 1
+    else:
+        results = run_wsi(slides, out_dir, predictor, opts, mask_dir, resume, workers)
     failed = [r.slide for r in results if r.status != "ok"]
     if failed:
         log.error("%d of %d slide(s) failed: %s", len(failed), len(results), ", ".join(failed))
