@@ -1,11 +1,13 @@
-"""Tune a checkpoint's post-processing on the GlaS training split, then check it on validation.
+"""Tune a checkpoint's post-processing on the training split of every source, then check it on validation.
 
 The post-processing defaults were set on ground-truth maps, which are clean; a
 trained network's maps are not. This script predicts the maps of every image
 once, then searches the post-processing parameters one at a time (coordinate
 descent, ``--rounds`` passes over the parameter list) to maximise
 ``score = (object F1 + object Dice + PQ) / 3`` pooled over the **training**
-images; a value is taken only if it gains more than 0.001. Validation images
+images of every source of ``--config`` (GlaS training patients and the HuBMAP
+training quarter for ``glas_hubmap``; pixels outside ``_valid.png`` are not
+scored); a value is taken only if it gains more than 0.001. Validation images
 are never used to choose a value: they are scored once with the stored
 parameters and once with the tuned ones, so the gain reported is an honest
 held-out number.
@@ -15,12 +17,12 @@ held-out number.
 in the checkpoint's config (atomically) so that they become its defaults.
 
 Usage:
-  tune_postproc.py [--model=<ckpt>] [--glas_dir=<dir>] [--out=<json>] [--rounds=<n>]
+  tune_postproc.py [--model=<ckpt>] [--config=<spec>] [--out=<json>] [--rounds=<n>]
                    [--limit=<n>] [--write_postproc=<json>] [--update_checkpoint]
 
 Options:
   --model=<ckpt>            Checkpoint to tune. Default: the shipped HoVer-Net.
-  --glas_dir=<dir>          GlaS training folder [default: ../shared/data/glas/train].
+  --config=<spec>           Configuration whose sources and split define the images [default: glas_hubmap].
   --out=<json>              Where to write the report [default: bench_out/tune_postproc.json].
   --rounds=<n>              Coordinate-descent passes [default: 2].
   --limit=<n>               Only the first n images of each split (quick look).
@@ -36,51 +38,60 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from docopt import docopt
 from tqdm import tqdm
 
-from hovercrypt.data.readers import list_records, read_record
-from hovercrypt.data.split import patient_split
+from hovercrypt.data.patches import dataset_splits
+from hovercrypt.data.readers import read_record
+from hovercrypt.data.resample import resize_labels
 from hovercrypt.infer.predictor import NetworkPredictor
 from hovercrypt.infer.tile import predict_resampled
 from hovercrypt.io.atomic import atomic_write_text
 from hovercrypt.models.checkpoint import default_model_path, update_stored_postproc
 from hovercrypt.postproc.tune import METRICS, Case, score_postproc, tune_postproc
-from hovercrypt.presets import glas_config
+from hovercrypt.presets import load_config
 
 
-def predict_cases(pred: NetworkPredictor, records: list[Any], data_cfg: Any, desc: str) -> list[Case]:
-    """Network maps of each record at the model's processing resolution (the expensive part, done once)."""
+def predict_cases(pred: NetworkPredictor, records: list[Any], src: Any, desc: str) -> list[Case]:
+    """Network maps of each record at the model's processing resolution (the expensive part, done once).
+
+    Images with a valid-pixel mask (large regions) are scored at the processing resolution,
+    with the annotation resampled there, to keep the many metric evaluations of the search cheap.
+    """
     proc_mpp = float(pred.config.proc_mpp)
     cases = []
     for rec in tqdm(records, desc=desc, unit="img"):
-        sample = read_record(rec, data_cfg, None)
-        maps = predict_resampled(pred, sample.image, proc_mpp, data_cfg.image_mpp)
-        cases.append(Case(rec.name, maps, sample.inst))
+        sample = read_record(rec, src, None)
+        maps = predict_resampled(pred, sample.image, proc_mpp, src.image_mpp)
+        if sample.valid is None:
+            cases.append(Case(rec.name, maps, sample.inst))
+            continue
+        hw = next(iter(maps.values())).shape[:2]
+        true = resize_labels(sample.inst, hw)
+        valid = resize_labels(sample.valid.astype(np.uint8), hw) > 0
+        cases.append(Case(rec.name, maps, true, valid))
     return cases
 
 
 def main(argv: list[str] | None = None) -> int:
     args = docopt(__doc__, argv=argv)
     ckpt = Path(args["--model"] or default_model_path())
-    cfg = glas_config(args["--glas_dir"])
-    records = list_records(cfg.data)
-    train_names, valid_names = patient_split(
-        [(r.name, r.patient) for r in records], cfg.data.valid_fraction, cfg.data.split_seed
-    )
-    train = [r for r in records if r.name in set(train_names)]
-    valid = [r for r in records if r.name in set(valid_names)]
+    cfg = load_config(args["--config"])
+    splits = dataset_splits(cfg)
     if args["--limit"]:
         n = int(args["--limit"])
-        train, valid = train[:n], valid[:n]
-    if not train or not valid:
-        print(f"no GlaS images found under {args['--glas_dir']}", file=sys.stderr)
+        splits = [(src, tr[:n], va[:n]) for src, tr, va in splits]
+    if not any(tr for _, tr, _ in splits) or not any(va for _, _, va in splits):
+        print(f"no training / validation images for config {args['--config']}", file=sys.stderr)
         return 1
     pred = NetworkPredictor.from_checkpoint(ckpt, batch_size=8)
     arch, proc_mpp, image_mpp = pred.arch, float(pred.config.proc_mpp), cfg.data.image_mpp
     stored = pred.config.postproc
-    train_cases = predict_cases(pred, train, cfg.data, "maps (train)")
-    valid_cases = predict_cases(pred, valid, cfg.data, "maps (valid)")
+    train_cases, valid_cases = [], []
+    for src, tr, va in splits:
+        train_cases += predict_cases(pred, tr, src, f"maps (train, {src.source_name()})")
+        valid_cases += predict_cases(pred, va, src, f"maps (valid, {src.source_name()})")
     tuned, trail = tune_postproc(
         train_cases, arch, stored, proc_mpp, image_mpp, rounds=int(args["--rounds"]), log=print
     )

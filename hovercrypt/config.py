@@ -17,9 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hovercrypt.config_data import AugmentConfig, DataConfig, SourceConfig
 from hovercrypt.typed_dicts import ConfigError, build_dataclass, plain
 
-__all__ = ["ConfigError"]  # re-exported: every module raises it from here
+# re-exported: every module imports the configuration classes and ConfigError from here
+__all__ = ["AugmentConfig", "ConfigError", "DataConfig", "SourceConfig"]
 
 #: network (input, output) window per model mode, in pixels at ``proc_mpp``.
 MODE_WINDOWS: dict[str, tuple[int, int]] = {"original": (270, 80), "fast": (256, 164)}
@@ -83,106 +85,6 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where annotated images live and how to read their labels and types."""
-
-    image_dir: str = ""  # folder of images + label maps
-    label_dir: str | None = None  # folder of label maps / .mat files if not beside the images
-    anno_suffix: str = "_anno"  # <stem><anno_suffix>.<ext> is the instance label map
-    label_format: str = "image"  # "image" (PNG/TIFF instance map) | "mat" (HoVer-Net .mat)
-    type_source: str = "none"  # "none" | "csv" | "type_map" | "color"
-    type_csv: str | None = None  # per-image CSV (GlaS grade.csv)
-    type_csv_name_column: str = "name"
-    type_csv_type_column: str = "grade_glas"
-    type_csv_map: dict[str, int] = field(default_factory=dict)  # CSV value -> type id
-    patient_column: str | None = "patient_id"  # patient id column in type_csv (for splits)
-    type_map_suffix: str = "_type"  # <stem><suffix>.<ext> per-pixel type map
-    class_mask_suffix: str = "_class"  # <stem><suffix>.<ext> colour-coded class mask
-    image_mpp: float = 0.5  # resolution of the source images, um/px
-    patch_dir: str = "data/patches"  # output of extract_patches.py (train/ and valid/ inside)
-    patch_size: int = 540  # extraction window == augmentation window
-    patch_step: int = 164
-    tiling: str = "mirror"  # "mirror" | "valid"
-    valid_fraction: float = 0.2  # patient-disjoint validation share
-    split_seed: int = 0
-    min_annotated_fraction: float = 0.0  # drop patches with fewer annotated pixels than this
-    max_blank_fraction: float = 0.8  # drop patches that are mostly white glass or black stripes
-    keep_unannotated: bool = False  # keep patches without any annotated pixel
-    seg_boundary_px: int = 2  # UNet 3-class target: boundary width in pixels at proc_mpp
-    white_level: int = 220  # a pixel with all channels >= this is blank glass
-    black_level: int = 25  # a pixel with all channels <= this is a black stripe / scanner border
-
-    def validate(self) -> None:
-        if self.label_format not in ("image", "mat"):
-            raise ConfigError(f"data.label_format must be 'image' or 'mat', got {self.label_format!r}")
-        if self.type_source not in ("none", "csv", "type_map", "color"):
-            raise ConfigError(
-                f"data.type_source must be none/csv/type_map/color, got {self.type_source!r}"
-            )
-        if self.type_source == "csv" and not self.type_csv:
-            raise ConfigError("data.type_source='csv' needs data.type_csv")
-        if self.tiling not in ("mirror", "valid"):
-            raise ConfigError(f"data.tiling must be 'mirror' or 'valid', got {self.tiling!r}")
-        if self.image_mpp <= 0:
-            raise ConfigError("data.image_mpp must be > 0")
-        if self.patch_step <= 0:
-            raise ConfigError("data.patch_step must be > 0")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ConfigError("data.valid_fraction must be in [0, 1)")
-        if not 0.0 <= self.min_annotated_fraction <= 1.0 or not 0.0 <= self.max_blank_fraction <= 1.0:
-            raise ConfigError("data.min_annotated_fraction and data.max_blank_fraction must be in [0, 1]")
-        if not 0 <= self.black_level < self.white_level <= 255:
-            raise ConfigError("data.black_level / white_level must satisfy 0 <= black < white <= 255")
-        if self.patch_size < 1 or self.seg_boundary_px < 1:
-            raise ConfigError("data.patch_size and data.seg_boundary_px must be >= 1")
-
-
-@dataclass
-class AugmentConfig:
-    """Augmentations (torchvision.transforms.v2). Geometric ones move labels too."""
-
-    flip: bool = True
-    rot90: bool = True
-    affine_prob: float = 0.5
-    affine_degrees: float = 180.0
-    affine_scale: tuple[float, float] = (0.8, 1.2)
-    affine_shear: float = 5.0
-    affine_translate: float = 0.01
-    elastic_prob: float = 0.0
-    hue: float = 0.04
-    saturation: float = 0.2
-    brightness: float = 0.1
-    contrast: float = 0.2
-    blur_prob: float = 0.2  # Gaussian or median blur, chosen at random
-    elastic_alpha: float = 50.0  # elastic displacement magnitude (torchvision ElasticTransform units)
-    elastic_sigma: float = 5.0  # smoothness of the elastic field, pixels
-    blur_max_sigma: float = 1.5  # Gaussian blur sigma drawn from [0.1, this]
-    median_ksize: int = 3  # median blur kernel (odd)
-    fill: int = 255  # image value outside the rotated/sheared patch (white glass); labels get 0
-
-    def validate(self) -> None:
-        for name in ("affine_prob", "elastic_prob", "blur_prob"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ConfigError(f"augment.{name} must be in [0, 1], got {getattr(self, name)}")
-        lo, hi = self.affine_scale
-        if not 0 < lo <= hi:
-            raise ConfigError(f"augment.affine_scale needs 0 < low <= high, got {self.affine_scale}")
-        if not 0 <= self.hue <= 0.5:
-            raise ConfigError(f"augment.hue must be in [0, 0.5], got {self.hue}")
-        for name in ("saturation", "brightness", "contrast"):
-            if not 0 <= getattr(self, name) < 1:
-                raise ConfigError(f"augment.{name} must be in [0, 1), got {getattr(self, name)}")
-        if min(self.affine_degrees, self.affine_shear, self.affine_translate) < 0:
-            raise ConfigError("augment.affine_degrees / affine_shear / affine_translate must be >= 0")
-        if self.elastic_alpha < 0 or self.elastic_sigma <= 0 or self.blur_max_sigma < 0.1:
-            raise ConfigError("augment: need elastic_alpha >= 0, elastic_sigma > 0, blur_max_sigma >= 0.1")
-        if self.median_ksize < 3 or self.median_ksize % 2 == 0:
-            raise ConfigError(f"augment.median_ksize must be odd and >= 3, got {self.median_ksize}")
-        if not 0 <= self.fill <= 255:
-            raise ConfigError(f"augment.fill must be in 0..255, got {self.fill}")
-
-
-@dataclass
 class PhaseConfig:
     """One training phase. HoVer-Net trains decoders first, then everything."""
 
@@ -193,6 +95,12 @@ class PhaseConfig:
     step_size: int = 25  # StepLR period in epochs
     gamma: float = 0.1
     batch_size: int = 8
+    optimizer: str = "adam"  # "adam" | "adamw"
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (Adam: L2, usually 0)
+    schedule: str = "step"  # "step" (StepLR per epoch) | "cosine" (warm-up + cosine, per step) | "onecycle"
+    warmup_steps: int = 0  # linear warm-up of the cosine schedule, in optimiser steps
+    min_lr_ratio: float = 0.01  # cosine ends at lr * this
+    accum_steps: int = 1  # gradient accumulation: optimiser step every N batches
 
 
 @dataclass
@@ -226,6 +134,12 @@ class TrainConfig:
     best_mode: str = "max"  # "max" | "min"
     valid_instance_metrics: bool = True  # PQ / AJI on validation patches (needs post-processing)
     max_steps_per_epoch: int = 0  # > 0 caps train and validation batches per epoch (quick runs, tests)
+    # a pretrained encoder keeps its ImageNet BatchNorm statistics (batches of 4 estimate them badly)
+    freeze_encoder_bn: bool = True
+    # object F1 / Dice (GlaS rule) on the whole validation images after the real tile inference
+    valid_images: bool = False
+    valid_every: int = 1  # image validation every N epochs (and always after the last one)
+    valid_patches: bool = True  # losses / NP Dice on the validation patches every epoch
 
     def validate(self) -> None:
         if not self.phases:
@@ -239,6 +153,8 @@ class TrainConfig:
             raise ConfigError(f"train.best_mode must be 'max' or 'min', got {self.best_mode!r}")
         if self.max_steps_per_epoch < 0 or self.num_workers < 0 or self.seed < 0:
             raise ConfigError("train.seed, train.max_steps_per_epoch and train.num_workers must be >= 0")
+        if self.best_metric.startswith("valid/img_") and not self.valid_images:
+            raise ConfigError(f"train.best_metric={self.best_metric!r} needs train.valid_images=True")
         if self.best_metric in ("valid/pq", "valid/aji") and not self.valid_instance_metrics:
             raise ConfigError(
                 f"train.best_metric={self.best_metric!r} needs train.valid_instance_metrics=True"
@@ -246,6 +162,18 @@ class TrainConfig:
         for p in self.phases:
             if p.step_size < 1 or not 0 < p.gamma <= 1:
                 raise ConfigError(f"train phase {p.name!r}: step_size >= 1 and 0 < gamma <= 1 required")
+            if p.optimizer not in ("adam", "adamw") or p.schedule not in ("step", "cosine", "onecycle"):
+                raise ConfigError(
+                    f"train phase {p.name!r}: optimizer adam/adamw and schedule step/cosine/onecycle, "
+                    f"got {p.optimizer!r} / {p.schedule!r}"
+                )
+            if p.weight_decay < 0 or p.warmup_steps < 0 or p.accum_steps < 1 or not 0 < p.min_lr_ratio <= 1:
+                raise ConfigError(
+                    f"train phase {p.name!r}: weight_decay >= 0, warmup_steps >= 0, accum_steps >= 1, "
+                    "0 < min_lr_ratio <= 1 required"
+                )
+        if self.valid_every < 1:
+            raise ConfigError("train.valid_every must be >= 1")
         self.augment.validate()
 
 

@@ -6,25 +6,96 @@ plain description of the settings.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import runpy
 from pathlib import Path
 
-from hovercrypt.config import Config, ConfigError, DataConfig, ModelConfig
+from hovercrypt.config import (
+    AugmentConfig,
+    Config,
+    ConfigError,
+    DataConfig,
+    ModelConfig,
+    PhaseConfig,
+    SourceConfig,
+    TrainConfig,
+)
+
+#: the ImageNet ResNet50 of ../shared (torchvision layout), the encoder initialisation of the shipped model
+SHARED_RESNET50 = "../shared/weights/resnet50_imagenet_msra.pth"
+
+
+def hubmap_source(root: str | Path = "../shared/data/hubmap_crypts") -> SourceConfig:
+    """HuBMAP full-thickness normal colon (two quarter images, 45 crypts, another lab and stain).
+
+    Its crypts are normal colonic crypts, so they are typed benign (1); everything else in
+    the section (muscle, submucosa, fat) is background, which is what GlaS cannot teach.
+    The bottom-right quarter is held out whole for validation (a region split: both
+    quarters come from one section, so a random split of windows would leak).
+    """
+    return SourceConfig(
+        name="hubmap",
+        image_dir=str(root),
+        anno_suffix="_anno",
+        type_source="fixed",
+        fixed_type=1,
+        type_csv=None,
+        patient_column=None,
+        valid_suffix="_valid",
+        image_mpp=0.4,  # not recorded in the release; see its README
+        valid_names=["HandE_B005_CL_b_RGB_bottomright"],
+        keep_unannotated=True,
+        sample_weight=3.0,
+    )
+
+
+def real_slide_recipe() -> TrainConfig:
+    """The training recipe for models meant for real slides (issue 13): see README "Training recipe"."""
+    return TrainConfig(
+        phases=[
+            PhaseConfig(name="decoders", epochs=2, freeze_encoder=True, batch_size=4, lr=1e-3,
+                        optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_steps=30),
+            PhaseConfig(name="all", epochs=5, freeze_encoder=False, batch_size=4, lr=2e-4,
+                        optimizer="adamw", weight_decay=0.01, schedule="cosine", warmup_steps=30),
+        ],
+        augment=AugmentConfig(
+            affine_prob=0.8, affine_scale=(0.7, 1.4), hed_prob=0.8, hed_scale=(0.65, 1.35), hed_shift=0.02,
+        ),
+        freeze_encoder_bn=True,
+        valid_instance_metrics=False,
+        valid_patches=False,
+        valid_images=True,
+        valid_every=3,
+        best_metric="valid/img_obj_f1",
+    )
+
+
+def glas_hubmap_config(
+    glas_root: str | Path = "../shared/data/glas/train",
+    hubmap_root: str | Path = "../shared/data/hubmap_crypts",
+) -> Config:
+    """GlaS + HuBMAP crypts, random crops, stain and scale augmentation, `fast` ResNet50 HoVer-Net."""
+    base = glas_config(glas_root)
+    data = dataclasses.replace(
+        base.data, extra_sources=[hubmap_source(hubmap_root)], patch_dir="data/patches/glas_hubmap"
+    )
+    return dataclasses.replace(base, name="glas_hubmap", data=data)
 
 
 def glas_config(root: str | Path = "../shared/data/glas/train") -> Config:
     """Ready configuration for the GlaS training set (two types: benign, malignant).
 
     GlaS is scanned at 0.465 um/px; processing at 0.93 um/px (an exact 2x
-    downsample) puts a typical gland (100-250 um) inside the 270 px input window.
+    downsample) puts a typical gland (100-250 um) inside the 256 px input window.
+    Training uses random crops of the whole images and the real-slide recipe.
     """
     root = str(root)
     return Config(
         name="glas",
         proc_mpp=0.93,
         type_info="type_info.json",
-        model=ModelConfig(nr_types=3),
+        model=ModelConfig(nr_types=3, mode="fast", encoder="resnet50"),
         data=DataConfig(
             image_dir=root,
             anno_suffix="_anno",
@@ -35,11 +106,14 @@ def glas_config(root: str | Path = "../shared/data/glas/train") -> Config:
             patient_column="patient_id",
             image_mpp=0.465,
             patch_dir="data/patches/glas",
+            sampling="crops",
+            crops_per_epoch=400,
         ),
+        train=real_slide_recipe(),
     )
 
 
-PRESETS = {"default": Config, "glas": glas_config}
+PRESETS = {"default": Config, "glas": glas_config, "glas_hubmap": glas_hubmap_config}
 
 
 def load_config(spec: str | Path | None = None) -> Config:

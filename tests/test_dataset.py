@@ -47,7 +47,7 @@ def test_output_dict_hovernet(patch_files):
     files, _ = patch_files
     ds = PatchDataset(files, make_cfg(), train=True)
     item = ds[0]
-    assert set(item) == {"image", "np", "hv", "tp", "inst"}
+    assert set(item) == {"image", "np", "hv", "tp", "inst", "valid"}
     assert item["image"].dtype == torch.float32 and item["image"].shape == (3, 270, 270)
     assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
     assert item["np"].dtype == torch.int64 and item["np"].shape == (80, 80)
@@ -62,7 +62,7 @@ def test_output_dict_unet_and_no_types(patch_files):
     files, _ = patch_files
     ds = PatchDataset(files, make_cfg(nr_types=0, arch="unet", unet_classes=3), train=False, targets="unet")
     item = ds[1]
-    assert set(item) == {"image", "np", "seg", "inst"}
+    assert set(item) == {"image", "np", "seg", "inst", "valid"}
     seg, inst = item["seg"].numpy(), item["inst"].numpy()
     assert item["seg"].dtype == torch.int64 and seg.shape == (80, 80)
     assert np.array_equal(seg > 0, inst > 0) and (seg == 2).any() and (seg == 1).any()

@@ -173,9 +173,10 @@ def test_glas_mirror_split_and_dataloader(glas_few, tmp_path):
             assert out_ids & set(np.unique(lab)) <= on_border
     ds = PatchDataset.from_dir(out / "train", cfg, train=True)
     batch = next(iter(DataLoader(ds, batch_size=2, shuffle=False)))
-    assert batch["image"].shape == (2, 3, 270, 270) and batch["image"].dtype == torch.float32
-    assert batch["hv"].shape == (2, 2, 80, 80) and batch["np"].dtype == torch.int64
-    assert batch["tp"].shape == (2, 80, 80) and int(batch["tp"].max()) <= 2
+    inp, outp = cfg.windows.input, cfg.windows.output
+    assert batch["image"].shape == (2, 3, inp, inp) and batch["image"].dtype == torch.float32
+    assert batch["hv"].shape == (2, 2, outp, outp) and batch["np"].dtype == torch.int64
+    assert batch["tp"].shape == (2, outp, outp) and int(batch["tp"].max()) <= 2
     assert batch["inst"].dtype == torch.int32
 
 

@@ -32,8 +32,10 @@ def load_patch(path: str | Path) -> np.ndarray:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot be read as a patch .npy ({e})") from e
-    if arr.ndim != 3 or arr.shape[2] != 5 or arr.shape[0] != arr.shape[1]:
-        raise InputError(f"{path}: patch must have shape (P, P, 5) = RGB, instance, type; got {arr.shape}")
+    if arr.ndim != 3 or arr.shape[2] not in (5, 6) or arr.shape[0] != arr.shape[1]:
+        raise InputError(
+            f"{path}: patch must have shape (P, P, 5) = RGB, instance, type (+ valid: 6); got {arr.shape}"
+        )
     if not np.issubdtype(arr.dtype, np.integer):
         raise InputError(f"{path}: patch must be integer (uint8/int32), got {arr.dtype}")
     return arr.astype(np.int32, copy=False)
@@ -98,16 +100,30 @@ class PatchDataset(Dataset):
         patch = load_patch(path)
         if patch.shape[0] < self.in_size:
             raise InputError(f"{path}: patch size {patch.shape[0]} < network input {self.in_size}")
+        return self.make_item(patch, self.rng(index), str(path))
+
+    def make_item(self, patch: np.ndarray, rng: np.random.Generator, where: str) -> dict[str, torch.Tensor]:
+        """Augment one (P, P, 5|6) patch and build the network input and targets.
+
+        Channel 5 (when present) is the valid-pixel mask: it is moved with the labels by the
+        geometric augmentation (pixels rotated in from outside become invalid too), it removes
+        instances from the HV target computation, and it comes back as ``valid`` (N, out, out)
+        so the losses ignore those pixels.
+        """
         image = patch[..., :3].astype(np.uint8)  # written as 0..255 by extract_patches
-        labels = patch[..., 3:5]
-        rng = self.rng(index)
+        labels = np.empty(patch.shape[:2] + (3,), np.int32)
+        labels[..., :2] = patch[..., 3:5]
+        labels[..., 2] = patch[..., 5] if patch.shape[2] == 6 else 1
         if self.augmenter is not None:
             image, labels = self.augmenter.geometric(image, labels, rng)
-        inst = labels[..., 0]
+        valid = labels[..., 2] > 0
+        inst = np.where(valid, labels[..., 0], 0)
         out: dict[str, torch.Tensor] = {}
         img_in = center_crop(image, self.in_size)
         if self.augmenter is not None:
             img_in = self.augmenter.photometric(img_in, rng)
+        valid_out = np.ascontiguousarray(center_crop(valid, self.out_size))
+        out["valid"] = torch.from_numpy(valid_out.astype(np.float32))
         chw = np.ascontiguousarray(img_in).transpose(2, 0, 1).astype(np.float32)
         out["image"] = torch.from_numpy(chw / 255.0)
         inst_out = np.ascontiguousarray(center_crop(inst, self.out_size))
@@ -126,7 +142,7 @@ class PatchDataset(Dataset):
             tp = np.where(inst_out > 0, center_crop(labels[..., 1], self.out_size), 0)
             hi = int(tp.max()) if tp.size else 0
             if hi >= self.nr_types:
-                raise InputError(f"{path}: type id {hi} but model.nr_types={self.nr_types}")
+                raise InputError(f"{where}: type id {hi} but model.nr_types={self.nr_types}")
             out["tp"] = torch.from_numpy(tp.astype(np.int64))
         out["inst"] = torch.from_numpy(inst_out.astype(np.int32))
         return out

@@ -27,13 +27,16 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hovercrypt.config import Config
+from hovercrypt.config import Config, SourceConfig
 from hovercrypt.data.readers import Sample, iter_samples, list_records
 from hovercrypt.data.split import patient_split
 from hovercrypt.io.atomic import atomic_save_npy, atomic_write_text
 from hovercrypt.io.images import InputError
 
 MANIFEST_COLUMNS = ("file", "source", "x", "y", "patient", "size", "mpp")
+IMAGE_MANIFEST_COLUMNS = (
+    "file", "source", "name", "patient", "height", "width", "mpp", "crypt_px", "valid_px", "weight"
+)
 
 
 def reflect_index(n: int, before: int, after: int) -> tuple[np.ndarray, np.ndarray]:
@@ -139,24 +142,31 @@ class PatchFilter:
     max_blank_fraction: float = 0.8
     white_level: int = 220
     black_level: int = 25
+    min_valid_fraction: float = 0.5
 
     @classmethod
-    def from_config(cls, cfg: Config) -> PatchFilter:
+    def from_config(cls, cfg: Config, source: SourceConfig | None = None) -> PatchFilter:
         d = cfg.data
+        keep = (source or d).keep_unannotated
         return cls(
-            d.keep_unannotated, d.min_annotated_fraction, d.max_blank_fraction, d.white_level, d.black_level
+            keep, d.min_annotated_fraction, d.max_blank_fraction, d.white_level, d.black_level,
+            d.min_valid_fraction,
         )
 
-    def reason(self, rgb: np.ndarray, inst: np.ndarray) -> str | None:
-        """Why the patch is dropped (``None`` = keep)."""
-        fg = float(np.count_nonzero(inst)) / inst.size
+    def reason(self, rgb: np.ndarray, inst: np.ndarray, valid: np.ndarray | None = None) -> str | None:
+        """Why the patch is dropped (``None`` = keep). Fractions count valid pixels only."""
+        n = inst.size if valid is None else int(np.count_nonzero(valid))
+        if valid is not None and n < self.min_valid_fraction * inst.size:
+            return "invalid_pixels"
+        fg = float(np.count_nonzero(inst)) / max(n, 1)
         if fg == 0.0 and not self.keep_unannotated:
             return "unannotated"
         if fg < self.min_annotated_fraction and not (fg == 0.0 and self.keep_unannotated):
             return "little_annotation"
-        white = np.all(rgb >= self.white_level, axis=2)
-        black = np.all(rgb <= self.black_level, axis=2)
-        if float(np.count_nonzero(white | black)) / inst.size > self.max_blank_fraction:
+        blank = np.all(rgb >= self.white_level, axis=2) | np.all(rgb <= self.black_level, axis=2)
+        if valid is not None:
+            blank &= valid
+        if float(np.count_nonzero(blank)) / max(n, 1) > self.max_blank_fraction:
             return "blank"
         return None
 
@@ -188,22 +198,44 @@ class ExtractReport:
 
 
 def sample_patches(sample: Sample, win: int, step: int, tiling: str):
-    """Yield ``(x, y, patch int32 (win, win, 5))`` for one resampled sample; x, y may be negative."""
+    """Yield ``(x, y, patch int32 (win, win, C))`` for one resampled sample; x, y may be negative.
+
+    C is 5 (RGB, instance, type) or 6 with the valid-pixel mask when the sample has one.
+    """
     h, w = sample.inst.shape
     ys, top, bottom = window_starts(h, win, step, tiling)
     xs, left, right = window_starts(w, win, step, tiling)
+    valid = sample.valid
     if tiling == "mirror":
-        img, inst, tmap = mirror_pad(sample.image, sample.inst, sample.type_map, (top, bottom, left, right))
+        pads = (top, bottom, left, right)
+        img, inst, tmap = mirror_pad(sample.image, sample.inst, sample.type_map, pads)
+        if valid is not None:
+            valid = valid[reflect_index(h, top, bottom)[0]][:, reflect_index(w, left, right)[0]]
     else:
         img, inst, tmap = sample.image, sample.inst, sample.type_map
+    nc = 5 if valid is None else 6
     for y in ys:
         for x in xs:
             sl = (slice(y + top, y + top + win), slice(x + left, x + left + win))
-            patch = np.empty((win, win, 5), np.int32)
+            patch = np.empty((win, win, nc), np.int32)
             patch[..., :3] = img[sl]
             patch[..., 3] = inst[sl]
             patch[..., 4] = 0 if tmap is None else tmap[sl]
+            if valid is not None:
+                patch[..., 5] = valid[sl]
             yield x, y, patch
+
+
+def whole_image_array(sample: Sample) -> np.ndarray:
+    """(H, W, 6) uint16: RGB, instance, type, valid; what the crop sampler draws windows from."""
+    if int(sample.inst.max(initial=0)) > np.iinfo(np.uint16).max:
+        raise InputError(f"{sample.source}: more than 65535 instances in one image")
+    arr = np.empty(sample.inst.shape + (6,), np.uint16)
+    arr[..., :3] = sample.image
+    arr[..., 3] = sample.inst
+    arr[..., 4] = 0 if sample.type_map is None else sample.type_map
+    arr[..., 5] = 1 if sample.valid is None else sample.valid
+    return arr
 
 
 def _prepare_dir(d: Path, overwrite: bool) -> None:
@@ -237,64 +269,124 @@ def _clear_stale_split(d: Path, overwrite: bool) -> None:
         d.rmdir()
 
 
+def split_records(source: SourceConfig, records: list, split: bool, seed: int) -> tuple[set[str], set[str]]:
+    """(train, valid) image names of one source: fixed ``valid_names`` (a region split) or by patient."""
+    names = {r.name for r in records}
+    if not split:
+        return names, set()
+    if source.valid_names:
+        missing = sorted(set(source.valid_names) - names)
+        if missing:
+            raise InputError(f"{source.image_dir}: valid_names {missing} are not images of this dataset")
+        return names - set(source.valid_names), set(source.valid_names)
+    return patient_split([(r.name, r.patient) for r in records], source.valid_fraction, seed)
+
+
+def dataset_splits(cfg: Config) -> list[tuple[SourceConfig, list, list]]:
+    """``(source, train records, valid records)`` per source, exactly as ``extract_patches --split`` splits.
+
+    Benchmarks and the post-processing tuner use it so that they never score on a
+    training image or tune on a validation one.
+    """
+    out = []
+    for src in cfg.data.sources():
+        records = list_records(src)
+        tr, va = split_records(src, records, True, cfg.data.split_seed)
+        out.append((src, [r for r in records if r.name in tr], [r for r in records if r.name in va]))
+    return out
+
+
 def extract_patches(
     cfg: Config, output_dir: str | Path, split: bool = False, overwrite: bool = False, progress: bool = True
 ) -> ExtractReport:
-    """Extract patches of the dataset in ``cfg.data`` to ``output_dir/{train,valid}``.
+    """Extract patches of every dataset in ``cfg.data.sources()`` to ``output_dir/{train,valid}``.
 
     Window, step, tiling and filters come from ``cfg.data``; resolution from ``cfg.proc_mpp``.
+    Each resampled image is also written whole to ``output_dir/images/{train,valid}`` for the
+    crop sampler (``data.sampling="crops"``) and image-level validation. Patches of the
+    second and later sources are named ``<source>__<image>_<y>_<x>.npy``.
     """
     d = cfg.data
     out = Path(output_dir)
-    records = list_records(d)
-    if split:
-        train_names, valid_names = patient_split(
-            [(r.name, r.patient) for r in records], d.valid_fraction, d.split_seed
-        )
-    else:
-        train_names, valid_names = {r.name for r in records}, set()
-    splits = ["train"] + (["valid"] if valid_names else [])
+    plan = []  # (source, records, train names, valid names)
+    for i, src in enumerate(d.sources()):
+        records = list_records(src)
+        tr, va = split_records(src, records, split, d.split_seed)
+        plan.append((i, src, records, tr, va))
+    any_valid = any(va for *_, va in plan)
+    splits = ["train"] + (["valid"] if any_valid else [])
     for s in ("train", "valid"):
         if s not in splits:
             _clear_stale_split(out / s, overwrite)
+            _clear_stale_split(out / "images" / s, overwrite)
     for s in splits:
         _prepare_dir(out / s, overwrite)
+        _prepare_dir(out / "images" / s, overwrite)
     report = ExtractReport()
-    members = {"train": train_names, "valid": valid_names}
-    for s in splits:
-        report.patients[s] = sorted({str(r.patient or r.name) for r in records if r.name in members[s]})
     rows: dict[str, list[dict]] = {s: [] for s in splits}
-    filt = PatchFilter.from_config(cfg)
+    image_rows: dict[str, list[dict]] = {s: [] for s in splits}
     win, step = d.patch_size, d.patch_step
-    samples = iter_samples(cfg, records)
-    for sample in tqdm(samples, total=len(records), desc="extract", unit="img", disable=not progress):
-        report.images += 1
-        part = "valid" if sample.name in valid_names else "train"
-        any_window = False
-        for x, y, patch in sample_patches(sample, win, step, d.tiling):
-            any_window = True
-            why = filt.reason(patch[..., :3], patch[..., 3])
-            if why is not None:
-                report.dropped[why] += 1
-                continue
-            fname = f"{sample.name}_{y}_{x}.npy"
-            atomic_save_npy(out / part / fname, patch)
-            row = {"file": fname, "source": sample.source.name, "x": x, "y": y}
-            rows[part].append({**row, "patient": sample.patient or "", "size": win, "mpp": cfg.proc_mpp})
-            report.kept[part] += 1
-        if not any_window:
-            report.skipped_images.append(sample.name)
+    total = sum(len(r) for _, _, r, _, _ in plan)
+    bar = tqdm(total=total, desc="extract", unit="img", disable=not progress)
+    for i, src, records, train_names, valid_names in plan:
+        members = {"train": train_names, "valid": valid_names}
+        for s in splits:
+            pats = {str(r.patient or r.name) for r in records if r.name in members[s]}
+            if i > 0:
+                pats = {f"{src.source_name()}:{p}" for p in pats}
+            report.patients[s] = sorted(set(report.patients.get(s, [])) | pats)
+        filt = PatchFilter.from_config(cfg, src)
+        prefix = f"{src.source_name()}__" if i > 0 else ""
+        for sample in iter_samples(cfg, records, source=src):
+            bar.update(1)
+            report.images += 1
+            part = "valid" if sample.name in valid_names else "train"
+            patient = sample.patient or ""
+            img_file = f"{prefix}{sample.name}.npy"
+            whole = whole_image_array(sample)
+            atomic_save_npy(out / "images" / part / img_file, whole)
+            image_rows[part].append({
+                "file": img_file, "source": src.source_name(), "name": sample.name, "patient": patient,
+                "height": whole.shape[0], "width": whole.shape[1], "mpp": cfg.proc_mpp,
+                "crypt_px": int(np.count_nonzero(whole[..., 3])),
+                "valid_px": int(np.count_nonzero(whole[..., 5])), "weight": src.sample_weight,
+            })
+            any_window = False
+            for x, y, patch in sample_patches(sample, win, step, d.tiling):
+                any_window = True
+                valid = patch[..., 5] > 0 if patch.shape[2] == 6 else None
+                why = filt.reason(patch[..., :3], patch[..., 3], valid)
+                if why is not None:
+                    report.dropped[why] += 1
+                    continue
+                fname = f"{prefix}{sample.name}_{y}_{x}.npy"
+                atomic_save_npy(out / part / fname, patch)
+                row = {"file": fname, "source": sample.source.name, "x": x, "y": y}
+                rows[part].append({**row, "patient": patient, "size": win, "mpp": cfg.proc_mpp})
+                report.kept[part] += 1
+            if not any_window:
+                report.skipped_images.append(sample.name)
+    bar.close()
     for s in splits:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows[s])
-        atomic_write_text(out / s / "manifest.csv", buf.getvalue())
+        _write_csv(out / s / "manifest.csv", rows[s], MANIFEST_COLUMNS)
+        _write_csv(out / "images" / s / "manifest.csv", image_rows[s], IMAGE_MANIFEST_COLUMNS)
     settings = dict(image_dir=d.image_dir, proc_mpp=cfg.proc_mpp, image_mpp=d.image_mpp, win=win, step=step)
     settings.update(tiling=d.tiling, split=split, valid_fraction=d.valid_fraction if split else 0.0)
     settings.update(split_seed=d.split_seed, nr_types=cfg.model.nr_types)
+    settings["sources"] = [
+        {"name": src.source_name(), "image_dir": src.image_dir, "image_mpp": src.image_mpp,
+         "valid": sorted(va)} for _, src, _, _, va in plan
+    ]
     atomic_write_text(out / "extract_report.json", json.dumps({**settings, **report.to_dict()}, indent=2))
     return report
+
+
+def _write_csv(path: Path, rows: list[dict], columns: tuple[str, ...]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
 def read_manifest(split_dir: str | Path) -> list[dict[str, str]]:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from hovercrypt.config import Config, DataConfig
+from hovercrypt.config import Config, SourceConfig
 from hovercrypt.data.resample import resample_pair
 from hovercrypt.data.targets import compact_ids
 from hovercrypt.io.images import IMAGE_EXTS, InputError, as_label, read_label, read_rgb
@@ -44,6 +44,7 @@ class Sample:
     type_map: np.ndarray | None  # int32 (H, W), 0 = background
     patient: str | None
     source: Path
+    valid: np.ndarray | None = None  # bool (H, W): pixels that hold image data; None = all
 
 
 @dataclass
@@ -56,6 +57,7 @@ class ImageRecord:
     type_path: Path | None
     image_type: int | None  # from the CSV
     patient: str | None
+    valid_path: Path | None = None  # valid-pixel mask (source.valid_suffix)
 
 
 def _find_with_suffix(folder: Path, stem: str, suffix: str, exts: tuple[str, ...]) -> Path | None:
@@ -67,7 +69,7 @@ def _find_with_suffix(folder: Path, stem: str, suffix: str, exts: tuple[str, ...
     return None
 
 
-def _read_csv(cfg: DataConfig) -> dict[str, dict[str, str]]:
+def _read_csv(cfg: SourceConfig) -> dict[str, dict[str, str]]:
     path = Path(cfg.type_csv or "")
     if not path.is_file():
         raise InputError(f"{path}: type CSV not found (data.type_csv)")
@@ -87,7 +89,7 @@ def _read_csv(cfg: DataConfig) -> dict[str, dict[str, str]]:
     return rows
 
 
-def list_records(cfg: DataConfig) -> list[ImageRecord]:
+def list_records(cfg: SourceConfig) -> list[ImageRecord]:
     """Find every image of the dataset with its label/type files; raise on anything missing."""
     folder = Path(cfg.image_dir)
     if not folder.is_dir():
@@ -95,7 +97,8 @@ def list_records(cfg: DataConfig) -> list[ImageRecord]:
     label_dir = Path(cfg.label_dir) if cfg.label_dir else folder
     if not label_dir.is_dir():
         raise InputError(f"{label_dir}: label folder not found (data.label_dir)")
-    suffixes = [s for s in (cfg.anno_suffix, cfg.type_map_suffix, cfg.class_mask_suffix) if s]
+    own = (cfg.anno_suffix, cfg.type_map_suffix, cfg.class_mask_suffix, cfg.valid_suffix)
+    suffixes = [s for s in own if s]
     images = sorted(
         p
         for p in folder.iterdir()
@@ -148,7 +151,18 @@ def list_records(cfg: DataConfig) -> list[ImageRecord]:
                 image_type = int(cfg.type_csv_map[value])
             if cfg.patient_column and cfg.patient_column in row:
                 patient = (row[cfg.patient_column] or "").strip() or None
-        records.append(ImageRecord(stem, img, label, type_path, image_type, patient))
+        valid_path = None
+        if cfg.valid_suffix:
+            valid_path = _find_with_suffix(label_dir, stem, cfg.valid_suffix, LABEL_EXTS)
+            valid_path = valid_path or _find_with_suffix(folder, stem, cfg.valid_suffix, LABEL_EXTS)
+            if valid_path is None:
+                raise InputError(
+                    f"{img}: missing valid-pixel mask {folder / (stem + cfg.valid_suffix)}.png "
+                    f"(data valid_suffix={cfg.valid_suffix!r})"
+                )
+        if cfg.type_source == "fixed":
+            image_type = int(cfg.fixed_type)
+        records.append(ImageRecord(stem, img, label, type_path, image_type, patient, valid_path))
     return records
 
 
@@ -223,7 +237,7 @@ def _check_shape(what: str, path: Path, arr: np.ndarray, image: np.ndarray, imag
         )
 
 
-def read_record(rec: ImageRecord, cfg: DataConfig, type_info: TypeInfo | None = None) -> Sample:
+def read_record(rec: ImageRecord, cfg: SourceConfig, type_info: TypeInfo | None = None) -> Sample:
     """Read one dataset entry at its native resolution."""
     image = read_rgb(rec.image)
     tmap: np.ndarray | None = None
@@ -248,15 +262,22 @@ def read_record(rec: ImageRecord, cfg: DataConfig, type_info: TypeInfo | None = 
         _check_shape("type map", rec.type_path or rec.label, tmap, image, rec.image)  # type: ignore[arg-type]
     if inst is None:
         inst = components_per_class(tmap)  # type: ignore[arg-type]
-    if cfg.type_source == "csv":
+    if cfg.type_source in ("csv", "fixed"):
         tmap = np.where(inst > 0, rec.image_type, 0).astype(np.int32)
     elif tmap is not None:
         tmap = majority_types(inst, tmap)
-    return Sample(rec.name, image, inst, tmap, rec.patient, rec.image)
+    valid = None
+    if rec.valid_path is not None:
+        v = read_label(rec.valid_path)
+        _check_shape("valid-pixel mask", rec.valid_path, v, image, rec.image)
+        valid = v > 0
+        if not valid.any():
+            raise InputError(f"{rec.valid_path}: valid-pixel mask is empty (no pixel > 0)")
+    return Sample(rec.name, image, inst, tmap, rec.patient, rec.image, valid)
 
 
-def _type_info_for(cfg: Config) -> TypeInfo | None:
-    if cfg.data.type_source != "color":
+def _type_info_for(cfg: Config, source: SourceConfig) -> TypeInfo | None:
+    if source.type_source != "color":
         return None
     return load_type_info(cfg.type_info)
 
@@ -273,17 +294,25 @@ def check_types(sample: Sample, nr_types: int) -> None:
 
 
 def iter_samples(
-    cfg: Config, records: list[ImageRecord] | None = None, proc_mpp: float | None = None
+    cfg: Config,
+    records: list[ImageRecord] | None = None,
+    proc_mpp: float | None = None,
+    source: SourceConfig | None = None,
 ) -> Iterator[Sample]:
-    """Read the dataset, resampled from ``data.image_mpp`` to ``proc_mpp`` (default ``cfg.proc_mpp``)."""
-    records = list_records(cfg.data) if records is None else records
-    info = _type_info_for(cfg)
+    """Read one dataset (default: the first source), resampled from its ``image_mpp`` to ``proc_mpp``."""
+    src = cfg.data if source is None else source
+    records = list_records(src) if records is None else records
+    info = _type_info_for(cfg, src)
     dst = cfg.proc_mpp if proc_mpp is None else proc_mpp
-    use_types = cfg.data.type_source != "none" and cfg.model.nr_types > 0
+    use_types = src.type_source != "none" and cfg.model.nr_types > 0
     for rec in records:
-        s = read_record(rec, cfg.data, info)
+        s = read_record(rec, src, info)
         if not use_types:
             s.type_map = None
         check_types(s, cfg.model.nr_types)
-        s.image, (s.inst, s.type_map) = resample_pair(s.image, [s.inst, s.type_map], cfg.data.image_mpp, dst)
+        valid = None if s.valid is None else s.valid.astype(np.int32)
+        s.image, (s.inst, s.type_map, valid) = resample_pair(
+            s.image, [s.inst, s.type_map, valid], src.image_mpp, dst
+        )
+        s.valid = None if valid is None else valid > 0
         yield s

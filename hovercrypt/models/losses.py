@@ -16,13 +16,19 @@ DICE_SMOOTH = 1e-3  # keeps Dice defined (and = 1 -> loss 0) for classes absent 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8.0
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def soft_dice_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean over classes of ``1 - (2 sum(p t) + s) / (sum p + sum t + s)``, sums over the whole batch.
 
-    ``logits`` (N, C, H, W), ``target`` int64 (N, H, W) class ids.
+    ``logits`` (N, C, H, W), ``target`` int64 (N, H, W) class ids, ``valid`` optional (N, H, W)
+    weights: pixels with 0 count neither in the prediction nor in the target sums.
     """
     prob = torch.softmax(logits, dim=1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
+    if valid is not None:
+        m = valid.to(prob.dtype).unsqueeze(1)
+        prob, onehot = prob * m, onehot * m
     dims = (0, 2, 3)
     inter = (prob * onehot).sum(dims)
     denom = prob.sum(dims) + onehot.sum(dims)
@@ -53,6 +59,32 @@ def msge_loss(pred: torch.Tensor, target: torch.Tensor, fg: torch.Tensor) -> tor
     return sq.sum() / (2.0 * mask.sum() + 1e-8)
 
 
+def masked_ce(logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy averaged over valid pixels only (all pixels when ``valid`` is None)."""
+    if valid is None:
+        return F.cross_entropy(logits, target)
+    m = valid.to(logits.dtype)
+    return (F.cross_entropy(logits, target, reduction="none") * m).sum() / m.sum().clamp_min(1.0)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
+    """Mean squared error over valid pixels of (N, C, H, W) maps."""
+    if valid is None:
+        return F.mse_loss(pred, target)
+    m = valid.to(pred.dtype).unsqueeze(1)
+    return (((pred - target) ** 2) * m).sum() / (m.sum() * pred.shape[1]).clamp_min(1.0)
+
+
+def _interior(valid: torch.Tensor) -> torch.Tensor:
+    """Valid pixels whose whole 3x3 neighbourhood is valid.
+
+    The 3x3 Sobel of the MSGE term reads each pixel's neighbours, so an ignored
+    pixel next to a counted one would still get a gradient through it.
+    """
+    invalid = (valid <= 0).to(torch.float32).unsqueeze(1)
+    return F.max_pool2d(invalid, 3, stride=1, padding=1)[:, 0] == 0
+
+
 def _check_batch(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], keys: tuple[str, ...]) -> None:
     for k in keys:
         if k not in batch:
@@ -67,23 +99,30 @@ def _check_batch(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], k
 def hovernet_loss(
     out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossWeights
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Weighted total and the unweighted, detached parts (``np_ce``, ``np_dice``, ``hv_mse``, ...)."""
+    """Weighted total and the unweighted, detached parts (``np_ce``, ``np_dice``, ``hv_mse``, ...).
+
+    ``batch["valid"]`` (optional, (N, H, W), 1 = real pixel) removes ignored pixels from every
+    term of every branch, so they receive no gradient.
+    """
     keys = ("np", "hv", "tp") if "tp" in out else ("np", "hv")
     _check_batch(out, batch, keys)
     with torch.autocast(device_type=out["np"].device.type, enabled=False):
         np_logits = out["np"].float()
         np_t = batch["np"].long()
+        valid = batch.get("valid")
+        valid = None if valid is None else valid.float()
         hv_p, hv_t = out["hv"].float(), batch["hv"].float()
+        fg = np_t > 0 if valid is None else (np_t > 0) & _interior(valid)
         parts = {
-            "np_ce": F.cross_entropy(np_logits, np_t),
-            "np_dice": soft_dice_loss(np_logits, np_t),
-            "hv_mse": F.mse_loss(hv_p, hv_t),
-            "hv_msge": msge_loss(hv_p, hv_t, np_t > 0),
+            "np_ce": masked_ce(np_logits, np_t, valid),
+            "np_dice": soft_dice_loss(np_logits, np_t, valid),
+            "hv_mse": masked_mse(hv_p, hv_t, valid),
+            "hv_msge": msge_loss(hv_p, hv_t, fg),
         }
         if "tp" in out:
             tp_logits, tp_t = out["tp"].float(), batch["tp"].long()
-            parts["tp_ce"] = F.cross_entropy(tp_logits, tp_t)
-            parts["tp_dice"] = soft_dice_loss(tp_logits, tp_t)
+            parts["tp_ce"] = masked_ce(tp_logits, tp_t, valid)
+            parts["tp_dice"] = soft_dice_loss(tp_logits, tp_t, valid)
         total = sum(getattr(weights, k) * v for k, v in parts.items())
     return total, {k: v.detach() for k, v in parts.items()}
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hovercrypt.config import MODE_WINDOWS, ConfigError, LossWeights, ModelConfig
+from hovercrypt.models.losses import masked_ce, soft_dice_loss
 from hovercrypt.models.unet_parts import ConvBlock, Normalize, Up, pad_to_multiple
 
 ARCH = "unet"
@@ -212,20 +213,9 @@ def build_unet(model_cfg: ModelConfig) -> UNetBase:
     return ClassicUNet(model_cfg)
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """1 - mean over classes of the soft Dice between softmax(logits) and one-hot(target).
-
-    Summed over the whole batch per class, so a patch without crypts does not
-    produce an undefined (0/0) Dice of its own.
-    """
-    prob = F.softmax(logits, dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).to(prob.dtype)
-    inter = (prob * onehot).sum(dim=(0, 2, 3))
-    denom = prob.sum(dim=(0, 2, 3)) + onehot.sum(dim=(0, 2, 3))
-    return 1.0 - ((2.0 * inter + eps) / (denom + eps)).mean()
-
-
-def _ce_dice(logits: torch.Tensor, target: Any, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _ce_dice(
+    logits: torch.Tensor, target: Any, key: str, valid: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     if not torch.is_tensor(target):
         raise ValueError(f"batch[{key!r}] must be a tensor, got {type(target).__name__}")
     logits = logits.float()  # losses in float32 even under autocast
@@ -241,7 +231,9 @@ def _ce_dice(logits: torch.Tensor, target: Any, key: str) -> tuple[torch.Tensor,
             f"batch[{key!r}] holds class ids {lo}..{hi} but the model predicts {logits.shape[1]} classes "
             "(check model.unet_classes / model.nr_types against the targets)"
         )
-    return F.cross_entropy(logits, target), soft_dice_loss(logits, target)
+    if valid is not None:
+        valid = valid.to(device=logits.device, dtype=logits.dtype)
+    return masked_ce(logits, target, valid), soft_dice_loss(logits, target, valid)
 
 
 def unet_loss(
@@ -253,13 +245,14 @@ def unet_loss(
     """
     if "seg" not in batch:
         raise ValueError("UNet training needs batch['seg'] (build the dataset with targets='unet')")
-    ce, dice = _ce_dice(out["seg"], batch["seg"], "seg")
+    valid = batch.get("valid")  # ignored pixels (outside the valid-pixel mask) carry no loss
+    ce, dice = _ce_dice(out["seg"], batch["seg"], "seg", valid)
     total = weights.seg_ce * ce + weights.seg_dice * dice
     parts = {"seg_ce": ce.detach(), "seg_dice": dice.detach()}
     if "tp" in out:
         if "tp" not in batch:
             raise ValueError("the model has a type head (nr_types > 0) but the batch holds no 'tp' targets")
-        tce, tdice = _ce_dice(out["tp"], batch["tp"], "tp")
+        tce, tdice = _ce_dice(out["tp"], batch["tp"], "tp", valid)
         total = total + weights.tp_ce * tce + weights.tp_dice * tdice
         parts.update(tp_ce=tce.detach(), tp_dice=tdice.detach())
     return total, parts

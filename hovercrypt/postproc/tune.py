@@ -63,6 +63,7 @@ class Case:
     name: str
     maps: dict[str, np.ndarray]
     true_inst: np.ndarray
+    valid: np.ndarray | None = None  # bool, the size of true_inst: pixels outside it are not scored
 
 
 def score_postproc(
@@ -80,7 +81,10 @@ def score_postproc(
         inst = np.asarray(maps_to_instances(c.maps, arch, params), np.int32)
         if inst.shape != c.true_inst.shape:
             inst = resize_labels(inst, c.true_inst.shape)
-        m, raw = evaluate_detailed(c.true_inst, inst, mpp=true_mpp, hausdorff=False)
+        true = c.true_inst
+        if c.valid is not None:
+            inst, true = np.where(c.valid, inst, 0), np.where(c.valid, true, 0)
+        m, raw = evaluate_detailed(true, inst, mpp=true_mpp, hausdorff=False)
         rows.append(m)
         raws.append(raw)
     pooled = aggregate(rows, raws)["pooled"]

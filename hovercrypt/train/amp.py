@@ -62,12 +62,19 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Backward pass and optimiser step (scaled for fp16 so small gradients do not underflow)."""
-        optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(optimizer)
-        self.scaler.update()
+    def backward_step(
+        self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, accum: int = 1, step: bool = True
+    ) -> None:
+        """Backward pass and, when ``step``, the optimiser step (fp16: scaled so gradients do not underflow).
+
+        With gradient accumulation the loss is divided by ``accum`` and gradients add up over
+        ``accum`` calls; only the last one (``step=True``) updates the weights and clears them.
+        """
+        self.scaler.scale(loss / accum if accum > 1 else loss).backward()
+        if step:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
 
 
 def parse_gpus(spec: str | None) -> list[int]:

@@ -25,6 +25,7 @@ from hovercrypt.train import state as st
 from hovercrypt.train.amp import Precision, resolve_amp
 from hovercrypt.train.distributed import DistInfo, barrier
 from hovercrypt.train.logs import TrainLogger
+from hovercrypt.train.optim import make_optimizer
 from hovercrypt.train.validate import foreground_key, validate
 
 LAST, BEST = "last.pt", "best.pt"
@@ -75,6 +76,7 @@ class Trainer:
         if self.best_key == "valid/np_dice" and self.arch != "hovernet":
             self.best_key = foreground_key(self.arch)  # the default names HoVer-Net's NP Dice
         known = {"train/loss", "valid/loss", foreground_key(self.arch), "valid/pq", "valid/aji"}
+        known |= {"valid/img_obj_f1", "valid/img_obj_dice", "valid/img_pq", "valid/img_score"}
         if self.best_key not in known and not (
             self.best_key.startswith(("train/", "valid/")) and self.best_key.endswith("_loss")
         ):
@@ -138,8 +140,8 @@ class Trainer:
         save_checkpoint(self.log_dir / name, self.model, self.cfg, **self._state(epoch_done))
 
     # ----------------------------------------------------------------- phases
-    def enter_phase(self, p: int) -> None:
-        """Freeze/unfreeze the encoder and start this phase's Adam + StepLR."""
+    def enter_phase(self, p: int, batches_per_epoch: int = 1) -> None:
+        """Freeze/unfreeze the encoder and start this phase's optimiser and learning-rate schedule."""
         phase = self.cfg.train.phases[p]
         encoder = getattr(self.model, "encoder", None)
         self.model.requires_grad_(True)
@@ -155,8 +157,10 @@ class Trainer:
             else:
                 encoder.requires_grad_(False)
         params = [q for q in self.model.parameters() if q.requires_grad]
-        self.optimizer = torch.optim.Adam(params, lr=phase.lr)
-        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, phase.step_size, phase.gamma)
+        n_epochs = sum(1 for s in self.slots if s.phase == p)
+        opt_steps = n_epochs * max(1, -(-batches_per_epoch // phase.accum_steps))
+        self.optimizer, self.scheduler = make_optimizer(phase, params, opt_steps)
+        self.optimizer.zero_grad(set_to_none=True)
         if self._resume_opt is not None:
             self.optimizer.load_state_dict(self._resume_opt["optimizer"])
             self.scheduler.load_state_dict(self._resume_opt["scheduler"])
@@ -172,11 +176,23 @@ class Trainer:
         self.phase = p
 
     def train_mode(self) -> None:
-        """Train mode, except a frozen encoder keeps its BatchNorm statistics (pretrained ones)."""
+        """Train mode, except that a pretrained encoder keeps its BatchNorm statistics.
+
+        A frozen encoder runs in eval mode. With ``train.freeze_encoder_bn`` a pretrained
+        encoder's BatchNorm layers stay in eval mode also while the encoder trains (their
+        affine parameters still learn): running statistics re-estimated from batches of 4
+        crops are far noisier than the ImageNet ones.
+        """
         self.model.train()
         encoder = getattr(self.model, "encoder", None)
-        if encoder is not None and not any(q.requires_grad for q in encoder.parameters()):
+        if encoder is None:
+            return
+        if not any(q.requires_grad for q in encoder.parameters()):
             encoder.eval()
+        elif self.cfg.train.freeze_encoder_bn and self.cfg.model.pretrained:
+            for m in encoder.modules():
+                if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                    m.eval()
 
     # ----------------------------------------------------------------- data
     def _datasets(self):
@@ -184,9 +200,15 @@ class Trainer:
 
         kw = {"targets": "hovernet" if self.arch == "hovernet" else "unet", "seed": self.cfg.train.seed}
         root = Path(self.cfg.data.patch_dir)
-        train = PatchDataset.from_dir(root / "train", self.cfg, train=True, **kw)
+        if self.cfg.data.sampling == "crops":
+            from hovercrypt.data.crops import CropDataset
+
+            train = CropDataset(root / "images" / "train", self.cfg, train=True, **kw)
+        else:
+            train = PatchDataset.from_dir(root / "train", self.cfg, train=True, **kw)
         valid = None
-        if self.valid_files or (root / "valid" / "manifest.csv").is_file():
+        has_valid = self.valid_files or (root / "valid" / "manifest.csv").is_file()
+        if has_valid and self.cfg.train.valid_patches:
             valid = PatchDataset.from_dir(root / "valid", self.cfg, train=False, **kw)
         return train, valid
 
@@ -216,8 +238,10 @@ class Trainer:
         loss, parts = compute_loss(self.arch, out, batch, self.cfg.train.loss)
         return loss, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
 
-    def train_step(self, batch: dict[str, torch.Tensor], where: str = "") -> tuple[float, dict, int]:
-        """One optimiser step on ``batch``: (loss value, loss parts, batch size)."""
+    def train_step(
+        self, batch: dict[str, torch.Tensor], where: str = "", step: bool = True
+    ) -> tuple[float, dict, int]:
+        """Forward + backward on ``batch``, and an optimiser step when ``step``: (loss, parts, batch size)."""
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         image = batch["image"]
         if self.cfg.train.channels_last:
@@ -232,7 +256,11 @@ class Trainer:
                 f"training loss is {value} ({where or f'step {self.global_step + 1}'}): "
                 "lower the learning rate or set train.amp='none'"
             )
-        self.precision.backward_step(loss, self.optimizer)
+        phase = self.cfg.train.phases[self.phase] if self.phase is not None else None
+        accum = phase.accum_steps if phase is not None else 1
+        self.precision.backward_step(loss, self.optimizer, accum=accum, step=step)
+        if step and self.scheduler is not None and getattr(self.scheduler, "per_step", False):
+            self.scheduler.step()
         self.global_step += 1
         return value, parts, image.shape[0]
 
@@ -246,10 +274,14 @@ class Trainer:
         n_seen = 0
         t0 = time.perf_counter()
         bar = tqdm(total=n_steps, desc=f"epoch {slot.epoch + 1}", leave=False, disable=not self.progress)
+        accum = self.cfg.train.phases[slot.phase].accum_steps
         for step, batch in enumerate(loader):
             if step >= n_steps:
                 break
-            value, parts, n = self.train_step(batch, where=f"epoch {slot.epoch + 1}, step {step + 1}")
+            do_step = (step + 1) % accum == 0 or step + 1 == n_steps  # the epoch's last batch always steps
+            value, parts, n = self.train_step(
+                batch, where=f"epoch {slot.epoch + 1}, step {step + 1}", step=do_step
+            )
             n_seen += n
             sums["loss"] = sums.get("loss", 0.0) + value * n
             for k, v in parts.items():
@@ -267,6 +299,14 @@ class Trainer:
         metrics["sec_per_step"] = round((time.perf_counter() - t0) / max(n_steps, 1), 4)
         return metrics
 
+    def _batches_per_epoch(self, ds, batch_size: int) -> int:
+        n = -(-len(ds) // (batch_size * self.info.world_size))
+        cap = self.cfg.train.max_steps_per_epoch
+        return min(n, cap) if cap else n
+
+    def _image_validation_due(self, slot: st.EpochSlot) -> bool:
+        return (slot.epoch + 1) % self.cfg.train.valid_every == 0 or slot.epoch + 1 == len(self.slots)
+
     def _is_better(self, value: float) -> bool:
         if self.best is None:
             return True
@@ -278,7 +318,12 @@ class Trainer:
 
         cfg = self.cfg
         train_ds, valid_ds = self._datasets()
-        if self.info.is_main and valid_ds is None:
+        valid_images = None
+        if cfg.train.valid_images and self.info.is_main:
+            from hovercrypt.train.validate_images import load_valid_images
+
+            valid_images = load_valid_images(Path(cfg.data.patch_dir) / "images" / "valid")
+        if self.info.is_main and valid_ds is None and cfg.train.valid_patches:
             self._notice(f"{Path(cfg.data.patch_dir) / 'valid'}: no validation patches, skipping validation")
         logger = TrainLogger(self.log_dir, enabled=self.info.is_main, purge_step=self.global_step or None)
         if self.info.is_main:
@@ -293,7 +338,7 @@ class Trainer:
             for slot in self.slots[self.start_epoch:]:
                 phase = cfg.train.phases[slot.phase]
                 if slot.phase != self.phase:
-                    self.enter_phase(slot.phase)
+                    self.enter_phase(slot.phase, self._batches_per_epoch(train_ds, phase.batch_size))
                 st.seed_everything(st.epoch_seed(cfg.train.seed, slot.epoch))
                 if hasattr(train_ds, "set_epoch"):
                     train_ds.set_epoch(slot.epoch)
@@ -308,7 +353,8 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                 }
                 row.update(self._train_epoch(loader, slot, logger))
-                self.scheduler.step()
+                if not getattr(self.scheduler, "per_step", False):
+                    self.scheduler.step()
                 if valid_ds is not None and self.info.is_main:
                     vloader = self._loader(valid_ds, phase.batch_size, slot.epoch, shuffle=False)
                     row.update(
@@ -318,6 +364,10 @@ class Trainer:
                             max_steps=cfg.train.max_steps_per_epoch, progress=self.progress,
                         )
                     )
+                if valid_images is not None and self.info.is_main and self._image_validation_due(slot):
+                    from hovercrypt.train.validate_images import validate_images
+
+                    row.update(validate_images(self.model, valid_images, cfg, self.device, self.progress))
                 row["seconds"] = round(time.perf_counter() - t0, 3)
                 self._end_epoch(slot, row, logger)
                 ep_bar.update(1)
@@ -336,6 +386,8 @@ class Trainer:
                 improved = self._is_better(float(row[self.best_key]))
                 if improved:
                     self.best = float(row[self.best_key])
+            elif self.best_key.startswith("valid/img_") and self.cfg.train.valid_images:
+                pass  # image validation runs every train.valid_every epochs only
             elif any(k.startswith("valid/") for k in row):
                 keys = sorted(k for k in row if "/" in k)
                 self._save(LAST, slot.epoch + 1)  # keep the epoch before stopping
