@@ -33,7 +33,12 @@ def ray_local():
     from ray import cloudpickle
 
     cloudpickle.register_pickle_by_value(cohort_helpers)  # the workers cannot import the tests folder
-    ray.init(num_cpus=2, object_store_memory=80 << 20, include_dashboard=False, logging_level=logging.WARNING)
+    kw = {"num_cpus": 2, "object_store_memory": 80 << 20, "include_dashboard": False}
+    try:
+        ray.init(logging_level=logging.WARNING, **kw)
+    except Exception:  # Ray gives its node a fixed 30 s to start; a busy 2-core machine can miss it
+        ray.shutdown()
+        ray.init(logging_level=logging.WARNING, **kw)
     yield ray
     ray.shutdown()
 
