@@ -97,6 +97,7 @@ def glas_config(root: str | Path = "../shared/data/glas/train") -> Config:
         type_info="type_info.json",
         model=ModelConfig(nr_types=3, mode="fast", encoder="resnet50"),
         data=DataConfig(
+            name="glas",
             image_dir=root,
             anno_suffix="_anno",
             type_source="csv",

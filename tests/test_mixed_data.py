@@ -202,3 +202,29 @@ def test_gradient_accumulation_equals_one_large_batch():
     prec.backward_step(torch.nn.functional.mse_loss(acc(x[4:]), y[4:]), o2, accum=2, step=True)
     for a, b in zip(ref.parameters(), acc.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_image_validation_scores_an_oracle_perfectly_and_ignores_invalid_pixels():
+    from hovercrypt.infer.oracle import OraclePredictor, render_instances
+    from hovercrypt.train.validate_images import score_images
+
+    ellipses = np.array([[40, 40, 15, 12, 0.3, 1], [110, 50, 14, 14, 0.0, 1], [60, 110, 18, 10, 1.0, 1]])
+    inst = render_instances(ellipses, 0, 0, 160, 150)
+    arr = np.zeros((150, 160, 6), np.uint16)
+    arr[..., :3] = 200
+    arr[..., 3] = inst
+    arr[..., 4] = (inst > 0) * 1
+    arr[..., 5] = 1
+    cfg = Config(proc_mpp=1.0)
+    pred = OraclePredictor(ellipses, input_size=96, output_size=64)
+    perfect = score_images(pred, [("a", "img", arr)], cfg)
+    assert perfect["valid/img_obj_f1"] == 1.0 and perfect["valid/img_obj_f1_a"] == 1.0
+    assert perfect["valid/img_obj_dice"] > 0.99
+    # an annotation missing one crypt costs a false positive ...
+    missing = arr.copy()
+    missing[..., 3][inst == 3] = 0
+    assert score_images(pred, [("a", "img", missing)], cfg)["valid/img_obj_f1"] == pytest.approx(0.8)
+    # ... unless that crypt lies in pixels marked invalid, which are not scored at all
+    missing[..., 5][inst == 3] = 0
+    missing[..., 5][np.roll(inst == 3, 3, axis=0)] = 0
+    assert score_images(pred, [("a", "img", missing)], cfg)["valid/img_obj_f1"] == 1.0

@@ -216,3 +216,26 @@ def test_unknown_best_metric_fails_before_training(tmp_path):
     cfg = tiny_config(tmp_path / "none", best_metric="valid/acuracy")
     with pytest.raises(ConfigError, match="best_metric"):
         Trainer(cfg, tmp_path / "log", progress=False)
+
+
+@pytest.mark.parametrize("freeze_bn", [True, False])
+def test_pretrained_encoder_keeps_its_batchnorm_statistics_while_it_trains(patch_dir, tmp_path, freeze_bn):
+    import timm
+
+    from hovercrypt.data.dataset import PatchDataset
+    from hovercrypt.train.trainer import Trainer
+
+    weights = tmp_path / "resnet18_local.pth"
+    torch.save(timm.create_model("resnet18", pretrained=False).state_dict(), weights)
+    cfg = tiny_config(patch_dir, epochs=(1, 1), pretrained=str(weights), freeze_encoder_bn=freeze_bn)
+    trainer = Trainer(cfg, tmp_path / "log", progress=False)
+    ds = PatchDataset.from_dir(patch_dir / "train", cfg, train=True)
+    batch = torch.utils.data.default_collate([ds[0], ds[1]])
+    trainer.enter_phase(1)  # the encoder trains
+    trainer.train_mode()
+    stats = [b.clone() for n, b in trainer.model.encoder.named_buffers() if "running_mean" in n]
+    params = [p.detach().clone() for p in trainer.model.encoder.parameters()]
+    trainer.train_step(batch)
+    after = [b for n, b in trainer.model.encoder.named_buffers() if "running_mean" in n]
+    assert not all(torch.equal(a, p) for a, p in zip(params, trainer.model.encoder.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(stats, after)) == freeze_bn
