@@ -1,4 +1,4 @@
-"""Shared fixtures: the real GlaS data (skipped with a reason when absent)."""
+"""Shared fixtures: the real GlaS and HuBMAP data (skipped with a reason when absent)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,17 @@ def glas_dir() -> Path:
     if not (GLAS_DIR / "grade.csv").is_file():
         pytest.skip(f"GlaS data not found at {GLAS_DIR} (set HOVERCRYPT_GLAS or add ../shared)")
     return GLAS_DIR
+
+
+HUBMAP_DIR = Path(os.environ.get("HOVERCRYPT_HUBMAP", REPO.parent / "shared" / "data" / "hubmap_crypts"))
+
+
+@pytest.fixture(scope="session")
+def hubmap_dir() -> Path:
+    """The HuBMAP crypts folder from ../shared (tests using it skip when it is missing)."""
+    if not any(HUBMAP_DIR.glob("*_valid.png")):
+        pytest.skip(f"HuBMAP crypt data not found at {HUBMAP_DIR} (set HOVERCRYPT_HUBMAP or add ../shared)")
+    return HUBMAP_DIR
 
 
 @pytest.fixture(scope="session")

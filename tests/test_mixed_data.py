@@ -228,3 +228,21 @@ def test_image_validation_scores_an_oracle_perfectly_and_ignores_invalid_pixels(
     missing[..., 5][inst == 3] = 0
     missing[..., 5][np.roll(inst == 3, 3, axis=0)] = 0
     assert score_images(pred, [("a", "img", missing)], cfg)["valid/img_obj_f1"] == 1.0
+
+
+def test_glas_hubmap_preset_reads_both_real_datasets_with_their_split(glas_dir, hubmap_dir):
+    from hovercrypt.data.patches import dataset_splits
+    from hovercrypt.data.readers import iter_samples
+    from hovercrypt.presets import glas_hubmap_config
+
+    cfg = glas_hubmap_config(glas_dir, hubmap_dir)
+    (glas, g_tr, g_va), (hub, h_tr, h_va) = dataset_splits(cfg)
+    assert (len(g_tr), len(g_va)) == (68, 17)
+    assert not {r.patient for r in g_tr} & {r.patient for r in g_va}  # patient-disjoint
+    assert [r.name for r in h_va] == ["HandE_B005_CL_b_RGB_bottomright"]
+    assert [r.name for r in h_tr] == ["HandE_B005_CL_b_RGB_topleft"]
+    (s,) = iter_samples(cfg, h_va, source=hub)
+    assert s.valid is not None and s.valid.shape == s.inst.shape
+    assert s.inst.shape == (round(2816 * 0.4 / 0.93), round(4608 * 0.4 / 0.93))  # at the processing mpp
+    assert len(np.unique(s.inst)) - 1 == 23 and set(np.unique(s.type_map)) == {0, 1}
+    assert not (s.inst[~s.valid] > 0).any()  # no crypt in invalid pixels
