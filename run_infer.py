@@ -15,6 +15,12 @@ Options:
   --input_mpp=<um>         (tile) resolution of the input images in um/px. Default: the
                            processing resolution stored in the model (no resampling).
   --tta                    Flip test-time augmentation (4 passes, averaged).
+  --window=<px>            Network input window at inference (even px); 0 = the training window.
+                           Default: the model's infer.window. See README, "Throughput".
+  --window_border=<px>     Px dropped on each side of a large window's output (padded networks
+                           see the window edge there). Default: the model's infer.window_border.
+  --threads=<n>            torch CPU threads; 0 = one per core. Default: the model's infer.threads.
+  --channels_last          Store the network's weights channels_last (NHWC) too.
   --postproc=<json>        Post-processing fields (see PostprocConfig) that replace the model's
                            stored values: a JSON file, or inline, e.g. '{"np_thresh": 0.6}'.
   --proc_mpp=<um>          (wsi) processing resolution. Default: the model's.
@@ -22,6 +28,8 @@ Options:
   --slide_mpp=<um>         (wsi) level-0 resolution for slides that do not store it.
   --input_mask_dir=<dir>   (wsi) tissue masks <stem>.png (any size, non-zero = tissue).
   --tile_shape=<px>        (wsi) processing region side in px at proc_mpp [default: 2048].
+  --no_tile_cache          (wsi) predict each region on its own, recomputing the tiles of the
+                           region overlaps (default: every tile once per slide).
   --resume                 (wsi) continue a killed run from its last finished chunk.
                            (Concurrent runs on one --output_dir never share a slide: each slide
                            is locked while processed; see README, "Cohorts".)

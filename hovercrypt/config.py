@@ -259,6 +259,12 @@ class InferConfig:
     min_tissue_area_um2: float = 40000.0
     postproc_workers: int = 2
     prefetch: int = 2
+    # throughput (README "Throughput"); the defaults are the settings measured to pay off
+    window: int = 0  # network input window at inference (px); 0 = the training window
+    window_border: int = 0  # px dropped on each side of a large window's output (padded networks)
+    tile_cache: bool = True  # wsi: every network tile computed once per slide, shared by regions
+    channels_last: bool = False  # NHWC weights too (activations are always NHWC)
+    threads: int = 0  # torch intra-op threads; 0 = torch's default (one per core)
 
 
 @dataclass

@@ -140,6 +140,10 @@ class NetworkPredictor:
         tta: bool = False,
         amp: str = "auto",
         config: Any = None,
+        window: int = 0,
+        window_border: int = 0,
+        channels_last: bool = False,
+        threads: int = 0,
     ) -> None:
         import torch
 
@@ -159,7 +163,71 @@ class NetworkPredictor:
         if nr is None and self.config is not None:
             nr = self.config.model.nr_types
         self.nr_types = int(nr or 0)
+        #: the training window's context (px between the input edge and the output) and the
+        #: encoder's total stride; large windows keep the first and align to the second
+        self.context = (self.input_size - self.output_size) // 2
+        self.stride = int(max(getattr(model, "strides", None) or [getattr(model, "size_multiple", 1)]))
+        self.window_border = 0
         check_predictor(self)
+        self.configure(window, window_border, channels_last, threads)
+
+    def configure(
+        self, window: int = 0, window_border: int = 0, channels_last: bool = False, threads: int = 0
+    ) -> None:
+        """Inference window (:meth:`set_window`), memory format and torch threads (``InferConfig``).
+
+        The input is always NHWC (channels_last); ``channels_last`` stores the weights NHWC too,
+        which changes the maps only by float rounding (off by default: not measured to pay off).
+        ``threads`` > 0 sets torch's intra-op threads, which is
+        process-wide (0 leaves torch's default, one per core).
+        """
+        import torch
+
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0 (0 = torch's default), got {threads}")
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.channels_last = bool(channels_last) and self.device.type != "mps"
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.set_window(window, window_border)
+
+    def set_window(self, window: int, border: int = 0) -> None:
+        """Run the network on ``window`` px inputs instead of its training window.
+
+        The models are fully convolutional, so a larger window only removes the
+        overlap that every small window recomputes (fast: 256 px in for 164 out;
+        original: 270 for 80). ``border`` more px are dropped on each side of the
+        output, where a padded network (zero padding in the encoder, and in the
+        decoder in fast mode) sees the window edge; it is rounded up so that the
+        kept output is a multiple of the encoder stride, which puts every window's
+        stride grid on one global lattice (the kept centre then does not depend on
+        the window position). ``window=0`` restores the training window.
+        """
+        if window == 0:
+            self.input_size = self.context * 2 + self._native_output()
+            self.output_size = self._native_output()
+            self.window_border = 0
+            return
+        if border < 0:
+            raise ValueError(f"window_border must be >= 0, got {border}")
+        native_in = self.context * 2 + self._native_output()
+        if window < native_in:
+            raise ValueError(f"window={window} is smaller than the model's training window {native_in}")
+        s = max(1, self.stride)
+        out = window - 2 * (self.context + border)
+        out -= out % s
+        if (window - out) % 2:  # the output must sit in the centre of the input
+            raise ValueError(f"window={window} must be even (encoder stride {s})")
+        if out <= 0:
+            raise ValueError(
+                f"window={window} with window_border={border} leaves no output (context {self.context} px)"
+            )
+        self.input_size, self.output_size = int(window), int(out)
+        self.window_border = (window - out) // 2 - self.context
+
+    def _native_output(self) -> int:
+        return int(self.model.output_size)
 
     @classmethod
     def from_checkpoint(
@@ -169,13 +237,17 @@ class NetworkPredictor:
         batch_size: int = 8,
         tta: bool = False,
         amp: str = "auto",
+        **kw: Any,
     ) -> NetworkPredictor:
-        """Load a checkpoint (via ``hovercrypt.models.checkpoint.load_model``) with its stored Config."""
+        """Load a checkpoint (via ``hovercrypt.models.checkpoint.load_model``) with its stored Config.
+
+        ``kw``: the window / CPU settings of :class:`NetworkPredictor`.
+        """
         from hovercrypt.models.checkpoint import load_model
 
         loaded = load_model(path, device)
         model, cfg = loaded if isinstance(loaded, tuple) else (loaded, getattr(loaded, "config", None))
-        pred = cls(model, device=device, batch_size=batch_size, tta=tta, amp=amp, config=cfg)
+        pred = cls(model, device=device, batch_size=batch_size, tta=tta, amp=amp, config=cfg, **kw)
         pred.model_path = str(path)
         return pred
 
@@ -189,12 +261,19 @@ class NetworkPredictor:
     def _forward(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.ascontiguousarray(tiles)).to(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(tiles))
+        if self.device.type == "cuda":  # uint8 upload from pinned memory, overlapping the copy
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
         x = x.permute(0, 3, 1, 2).float().div_(255.0)
         if self.device.type != "mps":
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             maps = self.model.to_maps(self.model(x))
+        c = self.window_border
+        if c:  # drop the border where a padded network sees the window edge
+            maps = {k: v[:, c:-c, c:-c] for k, v in maps.items()}
         return {k: v.float().cpu().numpy().astype(np.float32, copy=False) for k, v in maps.items()}
 
     def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:

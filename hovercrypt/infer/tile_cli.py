@@ -178,7 +178,21 @@ def load_predictor(args: Mapping[str, Any], batch_size: int) -> Any:
         raise InputError(f"{model_path}: checkpoint holds no config (proc_mpp, post-processing)")
     if args.get("--postproc"):
         pred.config = pred.config.replace(postproc=load_postproc_overrides(args["--postproc"], pred.config))
+    try:
+        pred.configure(**speed_settings(args, pred.config.infer))
+    except ValueError as e:
+        raise InputError(str(e)) from e
     return pred
+
+
+def speed_settings(args: Mapping[str, Any], infer: Any) -> dict[str, Any]:
+    """Window and CPU settings for ``NetworkPredictor.configure``: CLI options over ``InferConfig``."""
+    return {
+        "window": _int_opt(args, "--window", int(infer.window), minimum=0),
+        "window_border": _int_opt(args, "--window_border", int(infer.window_border), minimum=0),
+        "channels_last": bool(infer.channels_last) or bool(args.get("--channels_last")),
+        "threads": _int_opt(args, "--threads", int(infer.threads), minimum=0),
+    }
 
 
 def load_postproc_overrides(spec: str | Path, cfg: Any) -> Any:

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from hovercrypt.infer.regions import Region, margin_pixels, plan_regions, tiles_in
 from hovercrypt.infer.stitch import RegionResult, StitchContext, part_path, postprocess_region
 from hovercrypt.infer.tile import predict_image
+from hovercrypt.infer.tile_cache import CachedSource, TilePlan, processing_order
 from hovercrypt.infer.tissue import TissueIndex, load_mask, otsu_tissue_mask
 from hovercrypt.infer.wsi_outputs import SlideResult, merge_outputs
 from hovercrypt.io.atomic import atomic_write_text
@@ -63,6 +64,7 @@ class WsiOptions:
     prefetch: int = 2
     slide_mpp: float | None = None
     overlay_max_side: int = 2048
+    tile_cache: bool = True  # compute each network tile once per slide (see infer/tile_cache.py)
     model_id: str = ""  # fingerprint of the model, for resume
     progress: bool = True
     stop_after_chunks: int | None = None  # test hook: raise RunInterrupted after this many commits
@@ -123,13 +125,27 @@ def tissue_mask(reader: SlideReader, opts: WsiOptions, mask_path: Path | None) -
     return otsu_tissue_mask(thumb, mpp, min(opts.min_tissue_area_um2, 0.05 * slide_um2)), mpp
 
 
-def _reader_thread(
-    reader: SlideReader, regions: list[Region], mpp: float, q: queue.Queue, stop: threading.Event
-) -> None:
+class RegionSource:
+    """Region maps predicted region by region (``tile_cache`` off): overlaps are recomputed.
+
+    ``load`` runs in the reader thread, ``maps`` in the network thread (as :class:`CachedSource`).
+    """
+
+    def __init__(self, predictor: Any, reader: SlideReader, mpp: float, batch_size: int) -> None:
+        self.tp, self.reader, self.mpp, self.batch_size = predictor, reader, mpp, batch_size
+
+    def load(self, r: Region) -> np.ndarray:
+        x0, y0, x1, y1 = r.ext
+        return self.reader.read(x0, y0, x1 - x0, y1 - y0, self.mpp)
+
+    def maps(self, r: Region, img: np.ndarray) -> dict[str, np.ndarray]:
+        return predict_image(self.tp, img, self.batch_size, origin=r.ext[:2])
+
+
+def _reader_thread(source: Any, regions: list[Region], q: queue.Queue, stop: threading.Event) -> None:
     try:
         for r in regions:
-            x0, y0, x1, y1 = r.ext
-            img = reader.read(x0, y0, x1 - x0, y1 - y0, mpp)
+            img = source.load(r)
             while not stop.is_set():
                 try:
                     q.put((r, img), timeout=0.1)
@@ -154,6 +170,7 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "tile_shape": opts.tile_shape,
         "margin_px": margin,
         "windows": [predictor.input_size, predictor.output_size],
+        "tile_cache": opts.tile_cache,  # the per-region path mirrors maps at inner region edges
         "model": opts.model_id,
         # flips and precision change the maps: a resume must not mix them with earlier regions
         "tta": bool(getattr(predictor, "tta", False)),
@@ -192,7 +209,11 @@ def process_slide(
             )
         tmx, tmy = _mpp_label(reader, thumb_mpp)
         area_mm2 = float(mask.sum()) * tmx * tmy / 1e6
-        margin = margin_pixels(opts.margin_um, opts.proc_mpp, predictor.input_size, predictor.output_size)
+        inp, out = predictor.input_size, predictor.output_size
+        if opts.tile_cache:  # tiles see real context everywhere: only the model's own context is added
+            ctx = int(getattr(predictor, "context", (inp - out) // 2))
+            inp, out = out + 2 * ctx, out
+        margin = margin_pixels(opts.margin_um, opts.proc_mpp, inp, out)
         manifest = _manifest(reader, opts, predictor, mask, margin)
         done_file, man_file = slide_dir / "done.json", slide_dir / "manifest.json"
         old = json.loads(man_file.read_text()) if resume and man_file.is_file() else None
@@ -213,10 +234,21 @@ def process_slide(
         tissue = TissueIndex(mask, opts.proc_mpp / ((tmx + tmy) / 2), grow=margin)
         regions = plan_regions(W, H, opts.tile_shape, margin, keep=lambda b: tissue.touches(*b))
         out = predictor.output_size
-        n_tiles = {
-            r.index: sum(tissue.near(x, y, x + out, y + out) for x, y in tiles_in(r, out)) for r in regions
-        }
         todo = [r for r in regions if not part_path(part_dir, r.index).is_file()]
+        if opts.tile_cache:
+            todo = processing_order(todo, W, H)
+            ctx = (predictor.input_size - out) // 2
+            plan = TilePlan.build(todo, out, ctx, tissue)
+            tiles_total = TilePlan.build(regions, out, ctx, tissue).n_tiles
+            tiles_todo = plan.n_tiles
+            source: Any = CachedSource(predictor, plan, reader, (W, H), opts.proc_mpp, opts.batch_size)
+        else:
+            n_tiles = {
+                r.index: sum(tissue.near(x, y, x + out, y + out) for x, y in tiles_in(r, out))
+                for r in regions
+            }
+            tiles_total, tiles_todo = sum(n_tiles.values()), sum(n_tiles[r.index] for r in todo)
+            source = None
         log.info(
             "%s: %d x %d px at %.3f µm/px, tissue %.2f mm², %d regions (%d to do), %d tissue tiles",
             name,
@@ -226,15 +258,19 @@ def process_slide(
             area_mm2,
             len(regions),
             len(todo),
-            sum(n_tiles.values()),
+            tiles_total,
         )
-        ctx = StitchContext(W, H, f, predictor.arch, opts.postproc, opts.type_info, str(part_dir))
-        bar = tqdm(
-            total=sum(n_tiles.values()), desc=name, unit="tile", leave=False, disable=not opts.progress
-        )
-        bar.update(sum(n_tiles[r.index] for r in regions) - sum(n_tiles[r.index] for r in todo))
+        bar = tqdm(total=tiles_total, desc=name, unit="tile", leave=False, disable=not opts.progress)
+        bar.update(tiles_total - tiles_todo)
         stages = dict.fromkeys(("wait_read", "predict", "wait_postproc"), 0.0)
-        results = _run_regions(reader, todo, predictor, tissue, ctx, opts, pool, bar, workers, stages)
+        if source is None:
+            source = RegionSource(
+                TissuePredictor(predictor, tissue, bar), reader, opts.proc_mpp, opts.batch_size
+            )
+        else:
+            source.bar = bar
+        sctx = StitchContext(W, H, f, predictor.arch, opts.postproc, opts.type_info, str(part_dir))
+        results = _run_regions(source, todo, tissue, sctx, opts, pool, workers, stages)
         stages["postproc_worker"] = sum(r.seconds for r in results)
         bar.close()
         oversize = sum(r.oversize for r in results)
@@ -261,7 +297,7 @@ def process_slide(
         types=types,
         total=sum(types.values()),
         tissue_area_mm2=area_mm2,
-        tiles=sum(n_tiles.values()),
+        tiles=tiles_total,
         oversize=oversize,
         seconds=round(time.perf_counter() - t0, 3),
         stages={k: round(v, 2) for k, v in stages.items()},
@@ -273,25 +309,24 @@ def process_slide(
 
 
 def _run_regions(
-    reader: SlideReader,
+    source: Any,
     todo: list[Region],
-    predictor: Any,
     tissue: TissueIndex,
     ctx: StitchContext,
     opts: WsiOptions,
     pool: Executor | None,
-    bar: tqdm,
     workers: int,
     stages: dict[str, float],
 ) -> list[RegionResult]:
     """The streaming pipeline: reader thread -> network (this thread) -> post-processing pool.
 
-    ``stages`` accumulates where the main thread spent its time (see ``SlideResult.stages``).
+    ``source`` (:class:`RegionSource` or :class:`CachedSource`) reads a region's pixels in the
+    reader thread and turns them into maps here. ``stages`` accumulates where the main thread
+    spent its time (see ``SlideResult.stages``).
     """
-    tp = TissuePredictor(predictor, tissue, bar)
     q: queue.Queue = queue.Queue(maxsize=max(1, opts.prefetch))
     stop = threading.Event()
-    th = threading.Thread(target=_reader_thread, args=(reader, todo, opts.proc_mpp, q, stop), daemon=True)
+    th = threading.Thread(target=_reader_thread, args=(source, todo, q, stop), daemon=True)
     th.start()
     pending: deque[Future | RegionResult] = deque()
     results: list[RegionResult] = []
@@ -316,7 +351,7 @@ def _run_regions(
                 raise item
             region, img = item
             t = clock()
-            maps = predict_image(tp, img, opts.batch_size, origin=region.ext[:2])
+            maps = source.maps(region, img)
             stages["predict"] += clock() - t
             del img, item
             if pool is None:

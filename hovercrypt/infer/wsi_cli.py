@@ -182,6 +182,7 @@ def _run(args: Mapping[str, Any], out_dir: Path) -> int:
             tissue_thumb_mpp=cfg.infer.tissue_thumb_mpp,
             min_tissue_area_um2=cfg.infer.min_tissue_area_um2,
             prefetch=cfg.infer.prefetch,
+            tile_cache=bool(cfg.infer.tile_cache) and not args.get("--no_tile_cache"),
             slide_mpp=_float_opt(args, "--slide_mpp"),
             model_id=f"{model_path.resolve()}:{model_path.stat().st_size}:{int(model_path.stat().st_mtime)}",
             stop_after_chunks=int(stop) if stop else None,

@@ -1,0 +1,200 @@
+"""Whole-slide throughput with a real model on real tissue: all optimisations on vs all off.
+
+Builds a pyramidal TIFF (JPEG tiles, 0.4 µm/px) from the HuBMAP colon quarters in
+``../shared/data/hubmap_crypts`` (``--copies`` side-by-side copies of the two
+quarters, mirrored alternately, so the slide grows without repeating seams),
+then runs ``run_infer.py wsi``'s engine on it with the shipped model (or
+``--model_path``) once per configuration, each in a fresh child process (so
+its peak RSS is its own):
+
+- ``off``: today's engine: each region predicted on its own (``tile_cache``
+  off) at the training window;
+- ``on``: the tile cache, ``--window`` px inference windows with
+  ``--window_border``, and the other options given.
+
+Prints s per mm² of tissue, tiles run, peak RSS and crypt counts, and writes
+``bench_out/wsi_throughput.json`` with ``speedup`` (off time / on time),
+``count_rel_diff`` (|count on - count off| / count off) and ``peak_rss_mb``.
+
+Usage: python benchmarks/wsi_throughput.py [--copies 1] [--crop 0] [--window 1024]
+       [--window_border 32] [--threads 0] [--channels_last] [--model_path CKPT]
+A small run for a busy machine: ``--crop 1536`` (one 1536 px square of one quarter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HUBMAP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hubmap_crypts"
+MPP = 0.4  # HuBMAP README: about 0.4 µm/px
+
+
+def build_slide(out: Path, copies: int, crop: int) -> Path:
+    """The mosaic slide (cached by name); ``crop`` > 0 keeps a ``crop`` px square of one quarter."""
+    import cv2
+
+    from hovercrypt.io.images import read_rgb
+    from hovercrypt.io.synthetic_slide import write_pyramid_tiff
+
+    path = out / f"hubmap_x{copies}_c{crop}.tif"
+    if path.is_file():
+        return path
+    quarters = [read_rgb(p) for p in sorted(HUBMAP.glob("HandE_*_RGB_*.png")) if "_anno" not in p.name]
+    quarters = [q for q in quarters if q.ndim == 3]
+    if not quarters:
+        raise SystemExit(f"{HUBMAP}: no HuBMAP images found")
+    if crop:
+        q = quarters[0]
+        y0, x0 = max(0, (q.shape[0] - crop) // 2), max(0, (q.shape[1] - crop) // 2)
+        img = q[y0 : y0 + crop, x0 : x0 + crop]
+    else:
+        h = min(q.shape[0] for q in quarters)
+        parts = []
+        for c in range(copies):
+            for k, q in enumerate(quarters):
+                q = q[:h]
+                parts.append(q[:, ::-1] if (c * len(quarters) + k) % 2 else q)
+        img = np.concatenate(parts, axis=1)
+    h, w = (s // 16 * 16 for s in img.shape[:2])
+    img = np.ascontiguousarray(img[:h, :w])
+
+    def render(ds: float, x: int, y: int, rw: int, rh: int) -> np.ndarray:
+        d = int(ds)
+        src = img[y * d : (y + rh) * d, x * d : (x + rw) * d]
+        return src if d == 1 else cv2.resize(src, (rw, rh), interpolation=cv2.INTER_AREA)
+
+    write_pyramid_tiff(path, w, h, MPP, render, downsamples=(1, 4, 16))
+    return path
+
+
+def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
+    """In the child: one configuration of the engine on the slide."""
+    from hovercrypt.infer.tile_cli import load_predictor, resolve_type_info
+    from hovercrypt.infer.wsi import WsiOptions
+    from hovercrypt.infer.wsi_cli import run_wsi
+
+    args = {
+        "--model_path": cfg["model_path"],
+        "--gpu": cfg.get("gpu", ""),
+        "--window": str(cfg["window"]),
+        "--window_border": str(cfg["window_border"]),
+        "--threads": str(cfg["threads"]),
+        "--channels_last": cfg["channels_last"],
+    }
+    pred = load_predictor(args, cfg["batch_size"])
+    c = pred.config
+    opts = WsiOptions(
+        proc_mpp=c.proc_mpp,
+        postproc=c.postproc.pixels(c.proc_mpp),
+        type_info=resolve_type_info(None, pred.nr_types),
+        tile_shape=c.infer.tile_shape,
+        margin_um=c.infer.margin_um,
+        batch_size=cfg["batch_size"],
+        tile_cache=cfg["tile_cache"],
+        progress=False,
+    )
+    t0 = time.perf_counter()
+    (res,) = run_wsi([slide], out_dir, pred, opts, workers=2)
+    sec = time.perf_counter() - t0
+    return {
+        "status": res.status,
+        "count": res.total,
+        "tiles": res.tiles,
+        "windows": [pred.input_size, pred.output_size],
+        "tissue_mm2": round(res.tissue_area_mm2, 3),
+        "seconds": round(sec, 2),
+        "s_per_mm2": round(sec / max(res.tissue_area_mm2, 1e-9), 2),
+        "stages_s": res.stages,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=1, help="side-by-side copies of the two quarters")
+    ap.add_argument("--crop", type=int, default=0, help="> 0: a crop px square of one quarter (quick run)")
+    ap.add_argument("--model_path", default="")
+    ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--window_border", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--channels_last", action="store_true")
+    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--out", default="bench_out/wsi_throughput.json")
+    ap.add_argument("--_child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args._child:
+        slide, out_dir, cfg = json.loads(args._child)
+        print("RESULT " + json.dumps(run_child(Path(slide), Path(out_dir), cfg)), flush=True)
+        return 0
+    if not args.model_path:
+        from hovercrypt.models.checkpoint import default_model_path
+
+        args.model_path = str(default_model_path())
+    folder = Path("bench_out/wsi_throughput")
+    folder.mkdir(parents=True, exist_ok=True)
+    slide = build_slide(folder, args.copies, args.crop)
+    base = {"model_path": args.model_path, "threads": args.threads}
+    configs = {
+        "off": {
+            **base,
+            "window": 0,
+            "window_border": 0,
+            "channels_last": False,
+            "tile_cache": False,
+            "batch_size": args.batch_size,
+        },
+        "on": {
+            **base,
+            "window": args.window,
+            "window_border": args.window_border,
+            "channels_last": args.channels_last,
+            "tile_cache": True,
+            "batch_size": 1 if args.window else args.batch_size,
+        },
+    }
+    rows = {}
+    for name, cfg in configs.items():
+        out_dir = folder / f"run_{name}"
+        child = json.dumps([str(slide), str(out_dir), cfg])
+        cmd = [sys.executable, __file__, "--_child", child]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not line:
+            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+            raise SystemExit(f"{name}: child failed")
+        rows[name] = {**json.loads(line[0][7:]), "config": cfg}
+        r = rows[name]
+        print(
+            f"{name:4s} windows {r['windows']}  {r['seconds']:8.1f} s  {r['s_per_mm2']:7.2f} s/mm²  "
+            f"tiles {r['tiles']:5d}  crypts {r['count']:5d}  peak RSS {r['peak_rss_mb']} MB",
+            flush=True,
+        )
+    off, on = rows["off"], rows["on"]
+    summary = {
+        "slide": slide.name,
+        "tissue_mm2": off["tissue_mm2"],
+        "speedup": round(off["seconds"] / max(on["seconds"], 1e-9), 3),
+        "count_rel_diff": round(abs(on["count"] - off["count"]) / max(off["count"], 1), 4),
+        "peak_rss_mb": max(on["peak_rss_mb"], off["peak_rss_mb"]),
+        "tiles_ratio": round(off["tiles"] / max(on["tiles"], 1), 3),
+        "runs": rows,
+    }
+    print(
+        f"speedup {summary['speedup']}x  count_rel_diff {summary['count_rel_diff']}  "
+        f"peak RSS {summary['peak_rss_mb']} MB"
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
