@@ -29,7 +29,7 @@ from hovercrypt.infer.tile_cli import (
     resolve_type_info,
 )
 from hovercrypt.infer.wsi import WsiOptions
-from hovercrypt.infer.wsi_outputs import SlideResult
+from hovercrypt.infer.wsi_outputs import SlideResult, write_run_report
 from hovercrypt.io.images import InputError
 from hovercrypt.io.slide import SLIDE_EXTS
 
@@ -95,6 +95,7 @@ def run_wsi(
                 book.settle(job, out)
                 bar.update(1)
         book.write_counts()
+        write_run_report(out_dir, book.results(), opts.type_info, predictor.nr_types)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -198,6 +199,7 @@ def _run(args: Mapping[str, Any], out_dir: Path) -> int:
             results = run_cohort(
                 slides, out_dir, source, opts, predictor.nr_types, mask_dir, resume, workers, **ray_kw
             )
+            write_run_report(out_dir, results, opts.type_info, predictor.nr_types)
         except InputError as e:  # Ray could not be started or reached
             log.error("%s", e)
             return 1

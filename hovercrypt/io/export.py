@@ -1,7 +1,7 @@
 """Instance exports: JSON / JSON Lines, HoVer-Net-style .mat, QuPath GeoJSON, counts CSV.
 
 Every writer takes the per-instance dicts of ``hovercrypt.postproc.instance_info``
-(``bbox``, ``centroid``, ``contour``, ``area``, ``type``, ``type_prob``) so tile
+(``bbox``, ``centroid``, ``contour``, ``area``, ``type``, ``type_prob``, ``shape``) so tile
 and whole-slide inference share one code path. Coordinates are written as
 given; the optional ``scale``/``offset`` (``out = in * scale + offset``) let the
 slide engine move processing-resolution results to level-0 pixels without
@@ -14,7 +14,9 @@ image's top-left corner (so pixel centres are at +0.5); each ring closed
 (last point == first); ``properties`` hold ``objectType`` ("annotation" =
 editable, "detection" = lightweight, for many objects), ``classification``
 ``{"name", "color": [r, g, b]}`` and ``measurements`` as a name -> number
-mapping.
+mapping. The morphometry (:mod:`hovercrypt.postproc.morphometry`) travels in
+pixels (``shape``, scaled with the coordinates) until the output's µm/px is
+known; then it becomes ``measurements`` in µm.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import numpy as np
 
 from hovercrypt.io.atomic import atomic_write, atomic_write_text
 from hovercrypt.io.type_info import TypeInfo
+from hovercrypt.postproc.morphometry import MEASUREMENTS, physical_measurements, scale_shape
 
 InstanceInfo = Mapping[int, Mapping[str, Any]]
 
@@ -86,10 +89,14 @@ def instance_record(
     scale: float = 1.0,
     offset: Sequence[float] = (0.0, 0.0),
     type_info: TypeInfo | None = None,
+    mpp: float | None = None,
 ) -> dict[str, Any]:
     """A JSON-ready dict for one instance (also one line of a JSON Lines file).
 
     ``area`` is scaled by ``scale**2`` so it stays in the output pixel units.
+    With ``mpp`` (µm per *output* pixel) the morphometry is written as
+    ``measurements`` in µm; without it, as ``shape`` in output pixels, for a
+    later step that knows the resolution (the whole-slide merge).
     """
     bbox = _xy(np.asarray(inst["bbox"]).reshape(2, 2), scale, offset).ravel()
     rec: dict[str, Any] = {
@@ -103,19 +110,33 @@ def instance_record(
     }
     if type_info is not None:  # a found crypt is never called "background": type 0 reads "untyped"
         rec["type_name"] = type_info.name(rec["type"]) if rec["type"] > 0 else UNTYPED_COLUMN
+    if inst.get("measurements") is not None:  # already in µm
+        rec["measurements"] = dict(inst["measurements"])
+    elif inst.get("shape"):
+        shape = scale_shape(inst["shape"], scale)
+        if mpp:
+            rec["measurements"] = physical_measurements({"area": rec["area"], "shape": shape}, mpp)
+        else:
+            rec["shape"] = {k: None if v is None else round(float(v), 4) for k, v in shape.items()}
     return rec
 
 
 def instances_document(
     info: InstanceInfo, meta: Mapping[str, Any], type_info: TypeInfo | None = None
 ) -> dict[str, Any]:
-    """The per-image JSON: image-level ``meta`` plus ``instances`` {id: record} (ids as strings)."""
+    """The per-image JSON: image-level ``meta`` plus ``instances`` {id: record} (ids as strings).
+
+    ``meta["mpp"]`` (µm per pixel of the instances), when given, turns the morphometry into µm.
+    """
     doc = dict(meta)
+    mpp = meta.get("mpp")
     if type_info is not None:
         doc["type_info"] = type_info.to_json_dict()
     doc["nr_instances"] = len(info)
     doc["instances"] = {
-        str(int(k)): {kk: vv for kk, vv in instance_record(k, v, type_info=type_info).items() if kk != "id"}
+        str(int(k)): {
+            kk: vv for kk, vv in instance_record(k, v, type_info=type_info, mpp=mpp).items() if kk != "id"
+        }
         for k, v in sorted(info.items())
     }
     return doc
@@ -166,10 +187,13 @@ def geojson_feature(
     offset: Sequence[float] = (0.0, 0.0),
     mpp: float | None = None,
 ) -> dict[str, Any]:
-    """One QuPath-importable polygon feature; ``mpp`` (of the output pixels) adds an area in um^2.
+    """One QuPath-importable polygon feature; ``mpp`` (of the output pixels) adds µm measurements.
 
     Vertices are shifted by half a pixel (see :func:`closed_ring`) so the polygon
     sits on the pixel boundaries in QuPath: coordinates lie in ``[0, W] x [0, H]``.
+    The morphometry (``measurements`` in µm, or ``shape`` in pixels with ``mpp``)
+    goes into QuPath's measurement table; a missing value (a crypt without a
+    neighbour) is left out, as GeoJSON has no NaN.
     """
     if object_type not in ("annotation", "detection"):
         raise ValueError(f"object_type must be 'annotation' or 'detection', got {object_type!r}")
@@ -178,7 +202,14 @@ def geojson_feature(
     measurements: dict[str, float | int] = {"Instance id": int(inst_id), "Area px": _num(area_px)}
     if inst.get("type_prob") is not None:
         measurements["Type probability"] = _num(inst["type_prob"])
-    if mpp:
+    phys = inst.get("measurements")
+    if phys is None and mpp and inst.get("shape"):
+        phys = physical_measurements({"area": area_px, "shape": scale_shape(inst["shape"], scale)}, mpp)
+    if phys is not None:
+        for m in MEASUREMENTS:
+            if phys.get(m.key) is not None:
+                measurements[m.qupath] = _num(phys[m.key])
+    elif mpp:
         measurements["Area um^2"] = _num(area_px * mpp * mpp)
     contour = inst.get("contour")
     if contour is None or not len(contour):  # no traced boundary: fall back to the box's pixel centres

@@ -4,8 +4,9 @@ Building a full-image mask per instance costs O(N * H * W) and dominates on
 slides with thousands of crypts. Here a single compiled scan collects, for all
 instances at once, the area, the bounding box, the coordinate sums (centroid)
 and, when type probabilities are given, the per-type vote counts and
-probability sums. Only the contour needs pixels again, and it is traced on the
-instance's own bounding-box crop.
+probability sums. Only the contour and the shape measurements (perimeter,
+moments, convex hull; :mod:`hovercrypt.postproc.morphometry`) need pixels
+again, and they are taken on the instance's own bounding-box crop.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 from numba import njit
+
+from hovercrypt.postproc.morphometry import add_nearest_neighbours, crop_shape
 
 
 @njit(cache=True, nogil=True)
@@ -69,23 +72,29 @@ def _scan_types(inst, prob, nlab):  # pragma: no cover - compiled
     return votes, psum
 
 
-def _outer_contour(crop: np.ndarray, ox: int, oy: int) -> list[list[int]]:
-    """Closed outer boundary of the largest piece of a binary crop, in global (x, y)."""
+def _outline_and_shape(crop: np.ndarray, ox: int, oy: int, area: int) -> tuple[list[list[int]], dict]:
+    """Closed outer boundary of the largest piece of a binary crop (global (x, y)) and its shape.
+
+    The contours are traced once and serve both the outline and the morphometry.
+    """
     padded = cv2.copyMakeBorder(crop, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     found, _ = cv2.findContours(padded, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     if not found:
-        return []
-    best = max(found, key=lambda c: (cv2.contourArea(c), len(c)))
-    pts = best[:, 0, :] + np.array([ox - 1, oy - 1])
+        return [], {}
+    best = max(range(len(found)), key=lambda k: (cv2.contourArea(found[k]), len(found[k])))
+    pts = found[best][:, 0, :] + np.array([ox - 1, oy - 1])
     pts = np.concatenate([pts, pts[:1]], axis=0)
-    return pts.tolist()
+    return pts.tolist(), crop_shape(padded, found, best, area)
 
 
 def instance_info(inst_map: np.ndarray, type_prob: np.ndarray | None = None) -> dict[int, dict[str, Any]]:
     """Geometry and type of every instance in ``inst_map`` (ids need not be consecutive).
 
     Returns ``{id: {"bbox": [x0, y0, x1, y1] (x1, y1 exclusive), "centroid": [x, y],
-    "contour": [[x, y], ...] closed, "area": int, "type": int, "type_prob": float | None}}``.
+    "contour": [[x, y], ...] closed, "area": int, "type": int, "type_prob": float | None,
+    "shape": {...}}}``. ``shape`` holds the morphometry in pixels of this map
+    (:mod:`hovercrypt.postproc.morphometry`: perimeter, axes, solidity, ...,
+    ``nn_distance`` to the nearest other centroid of this map, None if alone).
     ``type`` is the most frequent per-pixel argmax type inside the instance,
     background (0) excluded from the vote; it is 0 only if every pixel votes
     background. ``type_prob`` is the mean probability of that type over the
@@ -133,12 +142,15 @@ def instance_info(inst_map: np.ndarray, type_prob: np.ndarray | None = None) -> 
             tp = int(np.argmax(v)) if v.sum() > 0 else 0
             tprob = float(psum[i, tp] / a)
         key = int(ids_of[i]) if ids_of is not None else int(i)
+        contour, shape = _outline_and_shape(crop, bx0, by0, a)
         out[key] = {
             "bbox": [bx0, by0, bx1, by1],
             "centroid": [float(sx[i] / a), float(sy[i] / a)],
-            "contour": _outer_contour(crop, bx0, by0),
+            "contour": contour,
             "area": a,
             "type": tp,
             "type_prob": tprob,
+            "shape": shape,
         }
+    add_nearest_neighbours(out)
     return out
