@@ -21,7 +21,7 @@ Usage:
 
 Options:
   --hovernet=<ckpt>       HoVer-Net checkpoint. Default: the shipped model.
-  --unet=<ckpt>           UNet checkpoint (skipped when not given and not shipped).
+  --unet=<ckpt>           UNet checkpoint to compare (none is shipped; skipped when not given).
   --config=<spec>         Configuration whose sources and split define the validation data
                           [default: glas_hubmap].
   --out=<json>            Where to write the JSON [default: bench_out/accuracy.json].
@@ -46,7 +46,6 @@ import numpy as np
 from docopt import docopt
 from tqdm import tqdm
 
-import hovercrypt
 from hovercrypt.data.augment import hed_jitter
 from hovercrypt.data.patches import dataset_splits
 from hovercrypt.data.readers import read_record
@@ -59,7 +58,6 @@ from hovercrypt.metrics.evaluate import aggregate, evaluate_detailed
 from hovercrypt.models.checkpoint import default_model_path
 from hovercrypt.presets import load_config
 
-SHIPPED_UNET = Path(hovercrypt.__file__).parent / "weights" / "hovercrypt_glas_unet.pt"
 COLUMNS = [
     ("obj_f1", "object F1"),
     ("obj_dice", "object Dice"),
@@ -238,9 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no GlaS validation images found for config {args['--config']}", file=sys.stderr)
         return 1
     models: dict[str, Path] = {"hovernet": Path(args["--hovernet"] or default_model_path())}
-    unet = args["--unet"] or (SHIPPED_UNET if SHIPPED_UNET.is_file() else None)
-    if unet:
-        models["unet"] = Path(unet)
+    if args["--unet"]:
+        models["unet"] = Path(args["--unet"])
     for src, recs in sets:
         pats = sorted({str(r.patient or r.name) for r in recs})
         print(f"{src.source_name()}: {len(recs)} validation images ({', '.join(pats)})")

@@ -1,6 +1,6 @@
 """``PatchDataset``: patches from ``extract_patches.py`` -> network inputs and targets.
 
-Per item: load the (P, P, 5) patch, augment it geometrically as a whole
+Per item: load the (P, P, 5 or 6) patch, augment it geometrically as a whole
 (training only), compute the HV map on the whole augmented patch (so offsets
 stay exact and instances cut by the output window still point to their true
 centre), crop to the network input / output windows, and apply photometric

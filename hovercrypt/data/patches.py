@@ -1,7 +1,9 @@
 """Patch extraction: tile resampled images into training patches.
 
 Each patch is one ``.npy`` array ``(P, P, 5)`` int32: R, G, B (0..255),
-instance id, type id. ``mirror`` tiling pads the image by reflection so that
+instance id, type id, plus a valid-pixel channel (``(P, P, 6)``) for sources
+with an ignore mask. Every resampled image is also saved whole, for the
+random-crop sampler and image-level validation. ``mirror`` tiling pads the image by reflection so that
 the central ``step x step`` part of the windows tiles the whole image (small
 images such as GlaS at 0.93 µm/px still give patches); ``valid`` tiling uses
 only windows inside the image.
