@@ -38,9 +38,9 @@ Options:
                            auto (join the running cluster), or ray://head:10001. Needs the extra:
                            pip install -e ".[ray]". Outputs and resume as without --ray.
   --ray_workers=<n>        (wsi, --ray=local) slides processed at once. Default: 2.
-  --ray_cpus_per_slide=<n> (wsi, --ray) CPUs each slide task reserves. Default: 1.
-  --ray_gpus_per_slide=<n> (wsi, --ray) GPUs each slide task reserves; > 0 runs the network on the
-                           GPU Ray assigns (use instead of --gpu). Default: 0.
+  --ray_cpus_per_slide=<n>  (wsi, --ray) CPUs each slide task reserves. Default: 1.
+  --ray_gpus_per_slide=<n>  (wsi, --ray) GPUs each slide task reserves; > 0 runs the network on
+                           the GPU Ray assigns (use instead of --gpu). Default: 0.
   -h --help                Show this help.
 """
 
