@@ -17,7 +17,7 @@ Options:
   --name_column=COL      Image-name column of --true_types_csv [default: name]
   --types_column=COL     Type column of --true_types_csv [default: grade_glas]
   --type_info_path=PATH  type_info.json whose type names map the CSV values to type ids
-                         (case-insensitive; default: the type_info.json beside compute_stats.py).
+                         (case-insensitive; default: the one shipped with hovercrypt).
   --type_values=MAP      CSV value -> type id, e.g. benign:1,malignant:2 (replaces
                          --type_info_path). A CSV value that maps to no type is an error.
   --no_hausdorff         Skip the object Hausdorff distance (the slowest metric).
@@ -29,22 +29,11 @@ Options:
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from docopt import docopt
 
-from hovercrypt.config import ConfigError
-from hovercrypt.io.images import InputError
-
-
-def _float(args: dict, key: str) -> float:
-    try:
-        v = float(args[key])
-    except ValueError as e:
-        raise InputError(f"{key} must be a number, got {args[key]!r}") from e
-    if v <= 0:
-        raise InputError(f"{key} must be > 0, got {v}")
-    return v
+from hovercrypt.errors import USER_ERROR_EXIT, InputError, UserError
+from hovercrypt.infer.options import float_opt
 
 
 def _type_values(spec: str | None) -> dict[str, int] | None:
@@ -59,26 +48,19 @@ def _type_values(spec: str | None) -> dict[str, int] | None:
     return out
 
 
-def _type_info_path(arg: str | None) -> Path:
-    """Default is the shipped type_info.json beside this script, not one in the cwd."""
-    if not arg:
-        return Path(__file__).resolve().with_name("type_info.json")
-    return Path(arg)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = docopt(__doc__, argv=argv)
-    from hovercrypt.io.type_info import load_type_info
+    from hovercrypt.io.type_info import load_type_info, type_info_path
     from hovercrypt.metrics.folder import evaluate_folders, format_table, write_outputs
     from hovercrypt.metrics.labels_io import read_types_csv, type_values_from_info
 
     try:
-        mpp, radius = _float(args, "--mpp"), _float(args, "--radius_um")
+        mpp, radius = float_opt(args, "--mpp"), float_opt(args, "--radius_um")
         values = _type_values(args["--type_values"])  # checked even when unused: a typo should not pass
         image_types = None
         if args["--true_types_csv"]:
             if values is None:
-                values = type_values_from_info(load_type_info(_type_info_path(args["--type_info_path"])))
+                values = type_values_from_info(load_type_info(type_info_path(args["--type_info_path"])))
             image_types = read_types_csv(
                 args["--true_types_csv"], args["--name_column"], args["--types_column"], values=values
             )
@@ -93,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args["--quiet"],
         )
         csv_path, json_path = write_outputs(args["--out"], rows, summary)
-    except (InputError, ConfigError) as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return USER_ERROR_EXIT
     table = format_table(rows, summary)
     if args["--quiet"]:
         table = "\n".join(

@@ -53,9 +53,10 @@ from hovercrypt.infer.predictor import NetworkPredictor
 from hovercrypt.infer.stain import lab_stats, reinhard
 from hovercrypt.infer.tile import segment_image
 from hovercrypt.io.atomic import atomic_write_text
-from hovercrypt.io.type_info import load_type_info
+from hovercrypt.io.type_info import load_type_info, type_info_path
 from hovercrypt.metrics.evaluate import aggregate, evaluate_detailed
 from hovercrypt.models.checkpoint import default_model_path
+from hovercrypt.models.registry import get_family
 from hovercrypt.presets import load_config
 
 COLUMNS = [
@@ -96,7 +97,7 @@ def evaluate_model(
     """
     pcfg = pred.config
     params = pcfg.postproc.pixels(pcfg.proc_mpp)
-    info_types = load_type_info("type_info.json") if Path("type_info.json").is_file() else None
+    info_types = load_type_info(type_info_path())
     rows, raws, seconds = [], [], 0.0
     for i, rec in enumerate(tqdm(records, desc=src.source_name(), unit="img", leave=False)):
         sample = read_record(rec, src, info_types)
@@ -167,7 +168,7 @@ def evaluate_all(ckpt: Path, sets: list, args: dict, out_dir: Path) -> dict[str,
     res: dict[str, Any] = {
         "checkpoint": str(ckpt), "arch": pred.arch, "tta": bool(args["--tta"]),
         "stain_norm": args["--stain_norm"], "mode": pcfg.model.mode, "proc_mpp": pcfg.proc_mpp,
-        "encoder": pcfg.model.encoder if pred.arch == "hovernet" else pcfg.model.unet_encoder,
+        "encoder": getattr(pcfg.model, get_family(pred.arch).encoder_field),
     }
     for src, records in sets:
         name = src.source_name()

@@ -25,9 +25,9 @@ from scipy.spatial.distance import directed_hausdorff
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hovercrypt.data.synthetic import random_ellipses  # noqa: E402
 from hovercrypt.io.atomic import atomic_write_text  # noqa: E402
 from hovercrypt.metrics import contingency, evaluate_pair, glas, instance  # noqa: E402
+from hovercrypt.testing.synthetic import random_ellipses  # noqa: E402
 
 
 def reference(t: np.ndarray, p: np.ndarray, hausdorff: bool) -> dict[str, float]:

@@ -38,9 +38,9 @@ from skimage.morphology import remove_small_objects  # noqa: E402
 from skimage.segmentation import watershed as sk_watershed  # noqa: E402
 
 from hovercrypt.config import PostprocConfig  # noqa: E402
-from hovercrypt.data.synthetic import noisy_maps, random_ellipses  # noqa: E402
 from hovercrypt.io.atomic import atomic_write_text  # noqa: E402
 from hovercrypt.postproc import instance_info, instances_from_maps  # noqa: E402
+from hovercrypt.testing.synthetic import noisy_maps, random_ellipses  # noqa: E402
 
 STAGES = ("threshold", "sobel", "energy", "markers", "watershed")
 REPO = Path(__file__).resolve().parents[1]

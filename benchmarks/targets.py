@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from docopt import docopt
 
-from hovercrypt.data.synthetic import random_ellipses
 from hovercrypt.data.targets import hv_maps
 from hovercrypt.io.atomic import atomic_write_text
+from hovercrypt.testing.synthetic import random_ellipses
 
 
 def hv_reference(inst: np.ndarray) -> np.ndarray:

@@ -32,7 +32,7 @@ CELL = 12800  # tissue pattern cell (level-0 px)
 
 def bench_layout(size: int, seed: int = 0):
     """Checkerboard of tissue blocks (~32% of the slide), crypts filling ~10% of the tissue."""
-    from hovercrypt.io.synthetic_slide import random_layout
+    from hovercrypt.testing.slides import random_layout
 
     n = size // CELL
     tissue = []
@@ -47,7 +47,7 @@ def bench_layout(size: int, seed: int = 0):
 
 
 def ensure_slide(size: int, folder: Path) -> Path:
-    from hovercrypt.io.synthetic_slide import write_layout_slide
+    from hovercrypt.testing.slides import write_layout_slide
 
     path = folder / f"bench_{size}.tif"
     npy = path.with_suffix(".npy")
@@ -68,10 +68,10 @@ def ensure_slide(size: int, folder: Path) -> Path:
 def run_one(slide: Path, out_dir: Path, proc_mpp: float, workers: int, pool: str) -> dict:
     """In the child: process one slide with the oracle and report peak RSS and timings."""
     from hovercrypt.config import InferConfig, PostprocConfig
-    from hovercrypt.infer.oracle import OraclePredictor
     from hovercrypt.infer.wsi import WsiOptions
     from hovercrypt.infer.wsi_cli import run_wsi
     from hovercrypt.io.type_info import TypeInfo
+    from hovercrypt.testing.oracle import OraclePredictor
 
     ellipses = np.load(slide.with_suffix(".npy"))
     f = proc_mpp / MPP
@@ -79,22 +79,16 @@ def run_one(slide: Path, out_dir: Path, proc_mpp: float, workers: int, pool: str
     e[:, :2] = (e[:, :2] + 0.5) / f - 0.5
     e[:, 2:4] /= f
     orc = OraclePredictor(e, 160, 128, nr_types=3)
-    ic = InferConfig()
     opts = WsiOptions(
         proc_mpp=proc_mpp,
         postproc=PostprocConfig(min_object_area_um2=100.0).pixels(proc_mpp),
         type_info=TypeInfo.default(3),
-        tile_shape=ic.tile_shape,
-        margin_um=ic.margin_um,
-        batch_size=16,
-        tissue_thumb_mpp=ic.tissue_thumb_mpp,
-        min_tissue_area_um2=ic.min_tissue_area_um2,
-        prefetch=ic.prefetch,
+        infer=InferConfig(batch_size=16, postproc_workers=workers),
         progress=False,
     )
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     t0 = time.perf_counter()
-    (res,) = run_wsi([slide], out_dir, orc, opts, workers=workers, pool_kind=pool)
+    (res,) = run_wsi([slide], out_dir, orc, opts, pool_kind=pool)
     sec = time.perf_counter() - t0
     tissue_mpx0 = res.tissue_area_mm2 * 1e6 / (MPP * MPP) / 1e6
     return {

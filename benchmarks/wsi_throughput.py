@@ -43,7 +43,7 @@ def build_slide(out: Path, copies: int, crop: int) -> Path:
     import cv2
 
     from hovercrypt.io.images import read_rgb
-    from hovercrypt.io.synthetic_slide import write_pyramid_tiff
+    from hovercrypt.io.pyramid import write_pyramid_tiff
 
     path = out / f"hubmap_x{copies}_c{crop}.tif"
     if path.is_file():
@@ -78,7 +78,10 @@ def build_slide(out: Path, copies: int, crop: int) -> Path:
 
 def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
     """In the child: one configuration of the engine on the slide."""
-    from hovercrypt.infer.tile_cli import load_predictor, resolve_type_info
+    import dataclasses
+
+    from hovercrypt.infer.options import load_predictor
+    from hovercrypt.infer.tile_cli import resolve_type_info
     from hovercrypt.infer.wsi import WsiOptions
     from hovercrypt.infer.wsi_cli import run_wsi
 
@@ -89,21 +92,22 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
         "--window_border": str(cfg["window_border"]),
         "--threads": str(cfg["threads"]),
         "--channels_last": cfg["channels_last"],
+        "--batch_size": str(cfg["batch_size"]),
+        "--tile_shape": str(cfg.get("tile_shape") or ""),
+        "--workers": "2",
+        "--no_tile_cache": not cfg["tile_cache"],
     }
-    pred = load_predictor(args, cfg["batch_size"])
+    pred = load_predictor(args, wsi=True)
     c = pred.config
     opts = WsiOptions(
         proc_mpp=c.proc_mpp,
         postproc=c.postproc.pixels(c.proc_mpp),
-        type_info=resolve_type_info(None, pred.nr_types),
-        tile_shape=cfg.get("tile_shape") or c.infer.tile_shape,
-        margin_um=c.infer.margin_um,
-        batch_size=cfg["batch_size"],
-        tile_cache=cfg["tile_cache"],
+        type_info=resolve_type_info(None, pred.nr_types, c.type_info),
+        infer=dataclasses.replace(c.infer),
         progress=False,
     )
     t0 = time.perf_counter()
-    (res,) = run_wsi([slide], out_dir, pred, opts, workers=2)
+    (res,) = run_wsi([slide], out_dir, pred, opts)
     sec = time.perf_counter() - t0
     return {
         "status": res.status,

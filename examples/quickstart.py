@@ -44,7 +44,7 @@ def write_sample_slide(path: Path, mpp: float) -> Path:
     """The sample as a 2-level JPEG-tiled pyramidal TIFF (one page per level)."""
     import cv2
 
-    from hovercrypt.io.synthetic_slide import write_pyramid_tiff
+    from hovercrypt.io.pyramid import write_pyramid_tiff
 
     img = sample_he()
     half = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2), interpolation=cv2.INTER_AREA)
@@ -66,7 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     import run_infer
 
     cmd = ["wsi", f"--input_dir={slide.parent}", f"--output_dir={out / 'results'}", "--gpu="]
-    cmd += [f"--type_info_path={REPO / 'type_info.json'}"]
     if args["--model_path"]:
         cmd.append(f"--model_path={args['--model_path']}")
     print("running: python run_infer.py " + " ".join(cmd))

@@ -14,9 +14,7 @@ import types
 import typing
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
+from hovercrypt.errors import ConfigError
 
 
 def plain(v: Any) -> Any:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hovercrypt.config import PostprocConfig
-from hovercrypt.infer.oracle import OraclePredictor
+from hovercrypt.config import InferConfig, PostprocConfig
 from hovercrypt.infer.wsi import WsiOptions
-from hovercrypt.io.synthetic_slide import random_layout, write_layout_slide
 from hovercrypt.io.type_info import TypeInfo
+from hovercrypt.testing.oracle import OraclePredictor
+from hovercrypt.testing.slides import random_layout, write_layout_slide
 
 MPP, PROC_MPP = 0.5, 2.0
 F = PROC_MPP / MPP
@@ -28,15 +28,14 @@ N_CRYPTS = {"a": 14, "b": 9}
 SLIDE_OUTPUTS = ("instances.jsonl", "thumbnail.png", "tissue_mask.png", "done.json")
 
 
-def wsi_opts(**kw) -> WsiOptions:
+def wsi_opts(workers: int = 0) -> WsiOptions:
     return WsiOptions(
         proc_mpp=PROC_MPP,
         postproc=PostprocConfig(min_object_area_um2=100.0).pixels(PROC_MPP),
         type_info=TypeInfo.default(3),
-        tile_shape=256,  # 1024 x 256 processing px: 4 regions per slide
-        margin_um=80.0,
+        # 1024 x 256 processing px: 4 regions per slide
+        infer=InferConfig(tile_shape=256, margin_um=80.0, postproc_workers=workers),
         progress=False,
-        **kw,
     )
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from hovercrypt.config import AugmentConfig, ConfigError
 from hovercrypt.data.augment import Augmenter
-from hovercrypt.data.synthetic import random_ellipses
+from hovercrypt.testing.synthetic import random_ellipses
 
 GEOM_ONLY = dict(hue=0, saturation=0, brightness=0, contrast=0, blur_prob=0)
 

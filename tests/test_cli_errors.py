@@ -1,4 +1,4 @@
-"""``run_infer.py`` option errors: one clear line on stderr and exit code 1, never a traceback.
+"""``run_infer.py`` option errors: one clear line on stderr and exit code 2, never a traceback.
 
 No model is loaded here: every check happens before the checkpoint is read
 (the --model_path given does not exist, so a check that is skipped shows up
@@ -42,21 +42,21 @@ def _error_line(capsys) -> str:
 def test_wsi_workers_validated(run_infer, dirs, tmp_path, capsys, value, why):
     src, model = dirs
     argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]
-    assert run_infer([*argv, f"--workers={value}"]) == 1
+    assert run_infer([*argv, f"--workers={value}"]) == 2
     assert _error_line(capsys).endswith(f"--workers {why}")
 
 
 def test_wsi_workers_zero_allowed(run_infer, dirs, tmp_path, capsys):
     src, model = dirs
     argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]
-    assert run_infer([*argv, "--workers=0"]) == 1  # gets past the option checks to the missing model
+    assert run_infer([*argv, "--workers=0"]) == 2  # gets past the option checks to the missing model
     assert "absent.pt: model checkpoint not found" in _error_line(capsys)
 
 
 def test_wsi_rejects_input_mpp(run_infer, dirs, tmp_path, capsys):
     src, model = dirs
     argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]
-    assert run_infer([*argv, "--input_mpp=0.5"]) == 1
+    assert run_infer([*argv, "--input_mpp=0.5"]) == 2
     line = _error_line(capsys)
     assert "--input_mpp" in line and "--slide_mpp" in line
 
@@ -66,7 +66,7 @@ def test_output_dir_that_is_a_file(run_infer, dirs, tmp_path, capsys, cmd):
     src, model = dirs
     for out in (tmp_path / "file.txt", tmp_path / "file.txt" / "sub"):  # the file itself, or below it
         (tmp_path / "file.txt").write_text("x")
-        assert run_infer([cmd, f"--input_dir={src}", f"--output_dir={out}", f"--model_path={model}"]) == 1
+        assert run_infer([cmd, f"--input_dir={src}", f"--output_dir={out}", f"--model_path={model}"]) == 2
         line = _error_line(capsys)
         assert line.startswith(f"error: {out}: ") and "--output_dir" in line, line
         assert (tmp_path / "file.txt").read_text() == "x"

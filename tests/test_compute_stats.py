@@ -280,7 +280,7 @@ def test_types_csv_ids_come_from_type_info_not_sort_order(tmp_path):
 
     # only malignant rows: sort order would give malignant id 1; the shipped type_info.json says 2
     true_dir, pred_dir, csv_path = _one_image_folders(tmp_path, [("img", "Malignant")], pred_type=2)
-    values = type_values_from_info(load_type_info(REPO / "type_info.json"))
+    values = type_values_from_info(load_type_info(REPO / "hovercrypt" / "type_info.json"))
     assert read_types_csv(csv_path, values=values) == {"img": 2}
     assert _type_run(true_dir, pred_dir, csv_path, tmp_path / "s1") == 0  # default --type_info_path
     assert float(_read_csv(tmp_path / "s1" / "per_image.csv")["img"]["type_accuracy"]) == 1.0

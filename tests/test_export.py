@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import scipy.io
 
-from hovercrypt.data.synthetic import random_ellipses
 from hovercrypt.io.export import (
     closed_ring,
     count_by_type,
@@ -26,6 +25,7 @@ from hovercrypt.io.export import (
 from hovercrypt.io.overlay import UNTYPED_COLOUR, draw_overlay
 from hovercrypt.io.type_info import TypeInfo
 from hovercrypt.postproc import instance_info
+from hovercrypt.testing.synthetic import random_ellipses
 
 TI = TypeInfo(("background", "benign", "malignant"), ((0, 0, 0), (0, 200, 0), (230, 0, 0)))
 

@@ -51,7 +51,7 @@ class OraclePredictor:
 
 
 def _oracle_layout(shape=(151, 173), seed=0):
-    from hovercrypt.data.synthetic import random_ellipses
+    from hovercrypt.testing.synthetic import random_ellipses
 
     return random_ellipses(shape, 10, radius_range=(16, 30), seed=seed)
 
@@ -152,7 +152,7 @@ def test_cli_with_oracle_writes_consistent_outputs_and_survives_bad_image(tmp_pa
     from hovercrypt.io.images import write_png
 
     inst = _oracle_layout((260, 240), seed=4)
-    monkeypatch.setattr(tile_cli, "load_predictor", lambda args, bs: OraclePredictor(inst))
+    monkeypatch.setattr(tile_cli, "load_predictor", lambda args, *a, **k: OraclePredictor(inst))
     src = tmp_path / "in"
     src.mkdir()
     rng = np.random.default_rng(0)
@@ -190,7 +190,8 @@ def test_cli_with_oracle_writes_consistent_outputs_and_survives_bad_image(tmp_pa
 def test_cli_helpers_give_clear_errors(tmp_path, capsys):
     import json
 
-    from hovercrypt.infer.tile_cli import resolve_device, resolve_type_info
+    from hovercrypt.devices import resolve_device
+    from hovercrypt.infer.tile_cli import resolve_type_info
     from hovercrypt.io.images import InputError
 
     assert resolve_device("") == "cpu"
@@ -205,15 +206,16 @@ def test_cli_helpers_give_clear_errors(tmp_path, capsys):
     # an explicit path that does not exist is an error; generic names only when no file exists at all
     with pytest.raises(InputError, match="missing.json: type info file"):
         resolve_type_info(tmp_path / "missing.json", 3)
-    assert resolve_type_info(None, 2, default=ti).names == ("bg", "crypt")
-    generic = resolve_type_info(None, 3, default=tmp_path / "absent.json")
-    assert generic.names == ("background", "type1", "type2") and "generic" in capsys.readouterr().err
+    assert resolve_type_info(None, 2, configured=ti).names == ("bg", "crypt")  # the config's path
+    with pytest.raises(InputError, match="absent.json: type info file"):
+        resolve_type_info(None, 3, configured=tmp_path / "absent.json")
+    assert resolve_type_info(None, 3, configured="type_info.json").names[1:] == ("benign", "malignant")
     rc = _run_infer(["tile", f"--input_dir={tmp_path / 'nope'}", f"--output_dir={tmp_path / 'o'}"])
-    assert rc == 1 and "nope: input directory not found" in capsys.readouterr().err
+    assert rc == 2 and "nope: input directory not found" in capsys.readouterr().err
     (tmp_path / "a.png").write_bytes(b"")
     (tmp_path / "a.jpg").write_bytes(b"")
     rc = _run_infer(["tile", f"--input_dir={tmp_path}", f"--output_dir={tmp_path / 'o'}"])
-    assert rc == 1 and "share the name 'a'" in capsys.readouterr().err
+    assert rc == 2 and "share the name 'a'" in capsys.readouterr().err
 
 
 def test_cli_end_to_end_with_random_weight_model(tmp_path, capsys):
@@ -272,19 +274,19 @@ def test_cli_type_names_do_not_depend_on_cwd(tmp_path, monkeypatch, capsys, repo
     from hovercrypt.infer import tile_cli
 
     inst = _oracle_layout((90, 80))
-    monkeypatch.setattr(tile_cli, "load_predictor", lambda args, bs: OraclePredictor(inst))
+    monkeypatch.setattr(tile_cli, "load_predictor", lambda args, *a, **k: OraclePredictor(inst))
     src = _one_image_dir(tmp_path)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # no type_info.json here
     rc = _run_infer(["tile", f"--input_dir={src}", f"--output_dir={tmp_path / 'o1'}"])
     assert rc == 0
-    shipped = json.loads((repo_root / "type_info.json").read_text())
+    shipped = json.loads((repo_root / "hovercrypt" / "type_info.json").read_text())
     header = next(csv.reader((tmp_path / "o1" / "counts.csv").open()))
     assert header == ["image", shipped["1"][0], shipped["2"][0], "untyped", "total", "status"]
     capsys.readouterr()
     argv = ["tile", f"--input_dir={src}", f"--output_dir={tmp_path / 'o2'}", "--type_info_path=typo.json"]
     rc = _run_infer(argv)
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and err.splitlines()[-1] == "error: typo.json: type info file (--type_info_path) not found"
+    assert rc == 2 and err.splitlines()[-1] == "error: typo.json: type info file (--type_info_path) not found"
     assert not (tmp_path / "o2" / "counts.csv").exists()

@@ -177,11 +177,11 @@ class CountingOracle:
 def test_wsi_tile_cache_same_crypts_each_tile_once(tmp_path) -> None:
     import json
 
-    from hovercrypt.config import PostprocConfig
-    from hovercrypt.infer.oracle import OraclePredictor
+    from hovercrypt.config import InferConfig, PostprocConfig
     from hovercrypt.infer.wsi import WsiOptions, process_slide
-    from hovercrypt.io.synthetic_slide import random_layout, write_layout_slide
     from hovercrypt.io.type_info import TypeInfo
+    from hovercrypt.testing.oracle import OraclePredictor
+    from hovercrypt.testing.slides import random_layout, write_layout_slide
 
     mpp, proc, size = 0.5, 2.0, 3072
     layout = random_layout(size, size, [(128, 128, 2944, 2944)], 90, (32.0, 64.0), seed=5, gap=16, n_types=2)
@@ -198,10 +198,8 @@ def test_wsi_tile_cache_same_crypts_each_tile_once(tmp_path) -> None:
             proc_mpp=proc,
             postproc=PostprocConfig(min_object_area_um2=100.0).pixels(proc),
             type_info=TypeInfo.default(3),
-            tile_shape=256,
-            margin_um=100.0,
+            infer=InferConfig(tile_shape=256, margin_um=100.0, tile_cache=cache),
             progress=False,
-            tile_cache=cache,
         )
         res = process_slide(path, tmp_path / name, orc, opts)
         recs[name] = sorted(

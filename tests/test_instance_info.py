@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hovercrypt.data.synthetic import random_ellipses
 from hovercrypt.postproc import instance_info
+from hovercrypt.testing.synthetic import random_ellipses
 
 
 def slow_reference(inst: np.ndarray, prob: np.ndarray | None) -> dict[int, dict]:

@@ -108,5 +108,5 @@ def test_type_info_bad_json_and_good_file(tmp_path, repo_root):
     p.write_text("{oops")
     with pytest.raises(InputError, match=r"t\.json: not valid JSON"):
         load_type_info(p)
-    info = load_type_info(repo_root / "type_info.json")
+    info = load_type_info(repo_root / "hovercrypt" / "type_info.json")
     assert info.names[0] == "background" and len(info) == len(info.colors)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from scipy.optimize import linear_sum_assignment
 
-from hovercrypt.data.synthetic import random_ellipses
 from hovercrypt.metrics import (
     aji,
     aji_plus,
@@ -21,6 +20,7 @@ from hovercrypt.metrics import (
     pq,
     type_metrics,
 )
+from hovercrypt.testing.synthetic import random_ellipses
 
 
 def blocks(shape, *rects):

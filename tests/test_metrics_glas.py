@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import directed_hausdorff
 
-from hovercrypt.data.synthetic import random_ellipses
 from hovercrypt.io.images import read_label
 from hovercrypt.metrics import evaluate_detailed, object_dice, object_f1, object_hausdorff
 from hovercrypt.metrics.evaluate import aggregate
 from hovercrypt.metrics.hausdorff import hausdorff_pair
+from hovercrypt.testing.synthetic import random_ellipses
 
 
 def blocks(shape, *rects):

@@ -205,7 +205,7 @@ def test_gradient_accumulation_equals_one_large_batch():
 
 
 def test_image_validation_scores_an_oracle_perfectly_and_ignores_invalid_pixels():
-    from hovercrypt.infer.oracle import OraclePredictor, render_instances
+    from hovercrypt.testing.oracle import OraclePredictor, render_instances
     from hovercrypt.train.validate_images import score_images
 
     ellipses = np.array([[40, 40, 15, 12, 0.3, 1], [110, 50, 14, 14, 0.0, 1], [60, 110, 18, 10, 1.0, 1]])

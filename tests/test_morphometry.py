@@ -12,7 +12,6 @@ import math
 import numpy as np
 import pytest
 
-from hovercrypt.data.synthetic import random_ellipses
 from hovercrypt.io.export import geojson_feature, instance_record, instances_document, to_feature_collection
 from hovercrypt.io.type_info import TypeInfo
 from hovercrypt.postproc import instance_info
@@ -23,6 +22,7 @@ from hovercrypt.postproc.morphometry import (
     physical_measurements,
     quartiles,
 )
+from hovercrypt.testing.synthetic import random_ellipses
 
 TI = TypeInfo(("background", "benign", "malignant"), ((0, 0, 0), (0, 200, 0), (230, 0, 0)))
 MPP = 0.5

@@ -14,9 +14,9 @@ from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed as sk_watershed
 
 from hovercrypt.config import PostprocConfig
-from hovercrypt.data.synthetic import ellipse_mask, noisy_maps, random_ellipses
 from hovercrypt.data.targets import hv_maps
 from hovercrypt.postproc import instances_from_maps, maps_to_instances
+from hovercrypt.testing.synthetic import ellipse_mask, noisy_maps, random_ellipses
 
 P = PostprocConfig().pixels(0.93)
 

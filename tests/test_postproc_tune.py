@@ -12,9 +12,9 @@ import pytest
 
 from hovercrypt.config import Config, ConfigError, DataConfig, ModelConfig, PostprocConfig
 from hovercrypt.data.resample import resize_labels
-from hovercrypt.data.synthetic import noisy_maps, random_ellipses
 from hovercrypt.io.images import InputError
 from hovercrypt.postproc.tune import Case, score_postproc, tune_postproc
+from hovercrypt.testing.synthetic import noisy_maps, random_ellipses
 
 MPP = 0.93
 
@@ -147,15 +147,15 @@ def test_run_infer_postproc_file_overrides_the_checkpoint(tmp_path: Path, capsys
         rc = _run_infer(["tile", f"--input_dir={src}", f"--output_dir={out}",
                          f"--model_path={ckpt}", f"--postproc={tmp_path / name}"])
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert rc == 1 and message in err, err
+        assert rc == 2 and message in err, err
         assert not (out / "counts.csv").exists()
     with pytest.raises(InputError, match="nope.json: --postproc file not found"):
-        load_predictor({"--model_path": str(ckpt), "--postproc": str(tmp_path / "nope.json")}, 2)
+        load_predictor({"--model_path": str(ckpt), "--postproc": str(tmp_path / "nope.json")})
     # inline JSON works the same way, and its errors name the option
-    inline = load_predictor({"--model_path": str(ckpt), "--postproc": '{"blur_ksize": 5}'}, 2)
+    inline = load_predictor({"--model_path": str(ckpt), "--postproc": '{"blur_ksize": 5}'})
     assert inline.config.postproc == PostprocConfig(blur_ksize=5)
     with pytest.raises(InputError, match=r"^--postproc: postproc.blur_ksize must be an odd number"):
-        load_predictor({"--model_path": str(ckpt), "--postproc": '{"blur_ksize": 4}'}, 2)
+        load_predictor({"--model_path": str(ckpt), "--postproc": '{"blur_ksize": 4}'})
 
 
 def test_run_infer_model_flag_gets_a_hint(tmp_path: Path, capsys) -> None:
@@ -167,5 +167,5 @@ def test_run_infer_model_flag_gets_a_hint(tmp_path: Path, capsys) -> None:
     write_png(src / "a.png", np.full((30, 30, 3), 200, np.uint8))
     rc = _run_infer(["tile", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", "--model=unet"])
     err = capsys.readouterr().err
-    assert rc == 1 and "unet: model checkpoint not found" in err
+    assert rc == 2 and "unet: model checkpoint not found" in err
     assert "architecture comes from the checkpoint" in err

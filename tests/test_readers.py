@@ -15,9 +15,9 @@ from PIL import Image
 from hovercrypt.config import Config, DataConfig, ModelConfig
 from hovercrypt.data.readers import iter_samples, list_records, majority_types
 from hovercrypt.data.resample import resize_image, resize_labels, scale_shape
-from hovercrypt.data.synthetic import random_ellipses, render_he
 from hovercrypt.io.images import InputError
 from hovercrypt.io.type_info import TypeInfo
+from hovercrypt.testing.synthetic import random_ellipses, render_he
 
 INFO = TypeInfo(("background", "benign", "malignant"), ((0, 0, 0), (0, 200, 0), (230, 0, 0)))
 
@@ -192,7 +192,7 @@ def test_error_bad_colours(tmp_path):
     rgb[10:20, 10:20] = (1, 2, 3)
     Image.fromarray(rgb).save(tmp_path / "img_0_class.png")
     cfg = cfg_for(tmp_path, type_source="color")
-    cfg.type_info = str(Path(__file__).resolve().parents[1] / "type_info.json")
+    cfg.type_info = str(Path(__file__).resolve().parents[1] / "hovercrypt" / "type_info.json")
     with pytest.raises(InputError, match=r"img_0_class\.png: 1 colour\(s\) not in type_info \(\(1, 2, 3\)"):
         list(iter_samples(cfg))
 

@@ -9,7 +9,7 @@ import tifffile
 
 from hovercrypt.io.images import InputError, write_png
 from hovercrypt.io.slide import SlideReader, _area_matrix
-from hovercrypt.io.synthetic_slide import STROMA, random_layout, render_tile, write_layout_slide
+from hovercrypt.testing.slides import STROMA, random_layout, render_tile, write_layout_slide
 
 MPP = 0.25
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hovercrypt.data.synthetic import random_ellipses
 from hovercrypt.data.targets import center_crop, compact_ids, hv_maps, np_target, seg_target, tp_target
+from hovercrypt.testing.synthetic import random_ellipses
 
 
 def slow_hv(inst: np.ndarray) -> np.ndarray:

@@ -10,9 +10,11 @@ import pytest
 import torch
 
 from hovercrypt.config import Config, ConfigError, DataConfig, ModelConfig, PhaseConfig, TrainConfig
-from hovercrypt.data.synthetic import random_ellipses, render_he
+from hovercrypt.devices import parse_gpus
+from hovercrypt.errors import InputError
+from hovercrypt.models.precision import resolve_amp
+from hovercrypt.testing.synthetic import random_ellipses, render_he
 from hovercrypt.train import state as st
-from hovercrypt.train.amp import parse_gpus, resolve_amp
 from hovercrypt.train.logs import read_csv, write_csv
 
 PATCH = 270  # = the "original" input window (270 -> 80): no crop, smallest legal patch
@@ -161,7 +163,7 @@ def test_parse_epochs_and_gpus():
             st.parse_epochs(bad, 2)
     assert parse_gpus("") == [] and parse_gpus(None) == []
     assert parse_gpus("0,1") == [0, 1]
-    with pytest.raises(ConfigError):
+    with pytest.raises(InputError):
         parse_gpus("0,a")
 
 
@@ -186,7 +188,6 @@ def test_resolve_amp_on_cpu():
 def test_auto_amp_on_cpu_uses_bf16_only_where_it_pays_off(monkeypatch, amx):
     """bf16 autocast measured slower than fp32 on AVX512-BF16 without AMX: "auto" follows the AMX check,
     in training and in inference alike."""
-    from hovercrypt.infer import predictor
     from hovercrypt.models import precision
     from hovercrypt.train import amp
 
@@ -194,8 +195,8 @@ def test_auto_amp_on_cpu_uses_bf16_only_where_it_pays_off(monkeypatch, amx):
     monkeypatch.setattr(precision, "cpu_bf16_pays_off", lambda: amx)
     want = torch.bfloat16 if amx else None
     assert resolve_amp("auto", torch.device("cpu")) == want
-    assert predictor.resolve_amp("auto", "cpu") == want
-    assert predictor.resolve_amp("bf16", "cpu") == torch.bfloat16  # an explicit choice still wins
+    assert precision.resolve_amp("auto", "cpu") == want  # inference uses the same function
+    assert precision.resolve_amp("bf16", "cpu") == torch.bfloat16  # an explicit choice still wins
 
 
 def test_csv_rewrite_keeps_all_columns(tmp_path):

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from hovercrypt.config import MODE_WINDOWS, ConfigError, LossWeights, ModelConfig, PostprocConfig
-from hovercrypt.data.synthetic import render_he
 from hovercrypt.models import count_parameters
 from hovercrypt.models.unet import build_unet, soft_dice_loss, unet_loss
 from hovercrypt.postproc.semantic import instances_from_semantic
+from hovercrypt.testing.synthetic import render_he
 
 
 def _cfg(**kw) -> ModelConfig:

@@ -22,11 +22,11 @@ from hovercrypt.config import (
     PostprocConfig,
     TrainConfig,
 )
-from hovercrypt.data.synthetic import random_ellipses, render_he
 from hovercrypt.data.targets import seg_target
-from hovercrypt.infer.oracle import render_instances
 from hovercrypt.infer.tile import segment_image
 from hovercrypt.metrics import pq
+from hovercrypt.testing.oracle import render_instances
+from hovercrypt.testing.synthetic import random_ellipses, render_he
 
 REPO = Path(__file__).resolve().parents[1]
 

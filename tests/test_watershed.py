@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from skimage.segmentation import watershed as sk_watershed
 
-from hovercrypt.postproc.watershed import watershed, watershed_reference
+from hovercrypt.postproc.watershed import watershed
+from hovercrypt.testing.reference import watershed_reference
 
 
 def test_ridge_splits_two_basins() -> None:

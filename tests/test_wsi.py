@@ -17,22 +17,22 @@ import cv2
 import numpy as np
 import pytest
 
-from hovercrypt.config import PostprocConfig
-from hovercrypt.infer.oracle import OraclePredictor, render_instances
+from hovercrypt.config import InferConfig, PostprocConfig
 from hovercrypt.infer.regions import margin_pixels, plan_regions, tiles_in
 from hovercrypt.infer.wsi import WsiOptions, process_slide
 from hovercrypt.infer.wsi_cli import run_wsi
 from hovercrypt.infer.wsi_outputs import SlideResult
 from hovercrypt.io.images import write_png
-from hovercrypt.io.synthetic_slide import (
+from hovercrypt.io.type_info import TypeInfo
+from hovercrypt.metrics import pq
+from hovercrypt.testing.oracle import OraclePredictor, render_instances
+from hovercrypt.testing.slides import (
     CryptLayout,
     boundary_crypts,
     random_layout,
     render_tile,
     write_layout_slide,
 )
-from hovercrypt.io.type_info import TypeInfo
-from hovercrypt.metrics import pq
 
 SIZE, MPP, PROC_MPP = 8192, 0.5, 2.0  # level 0; processing is 4x coarser: 2048 x 2048 px
 F = PROC_MPP / MPP
@@ -41,15 +41,15 @@ RADII = (32.0, 72.0)  # level-0 px: crypt diameters 32-72 µm
 TILE_SHAPES = (512, 384)  # processing px; region corners at multiples of these
 
 
-def _opts(tile_shape: int, **kw) -> WsiOptions:
+def _opts(tile_shape: int, slide_mpp: float | None = None, **infer) -> WsiOptions:
+    """Options of these tests; ``infer``: fields of ``InferConfig`` (e.g. ``postproc_workers``)."""
     return WsiOptions(
         proc_mpp=PROC_MPP,
         postproc=PostprocConfig(min_object_area_um2=100.0).pixels(PROC_MPP),
         type_info=TypeInfo.default(3),
-        tile_shape=tile_shape,
-        margin_um=100.0,
+        infer=InferConfig(tile_shape=tile_shape, margin_um=100.0, **infer),
+        slide_mpp=slide_mpp,
         progress=False,
-        **kw,
     )
 
 
@@ -70,7 +70,7 @@ def runs(slide, tmp_path_factory) -> dict[int, tuple[Path, OraclePredictor, Slid
     for ts in TILE_SHAPES:
         orc = OraclePredictor(layout.to_processing(F), 160, 128, nr_types=3)
         d = tmp_path_factory.mktemp(f"run{ts}")
-        (res,) = run_wsi([path], d, orc, _opts(ts), workers=2, pool_kind="thread")
+        (res,) = run_wsi([path], d, orc, _opts(ts, postproc_workers=2), pool_kind="thread")
         out[ts] = (d, orc, res)
     return out
 
@@ -198,7 +198,7 @@ def test_no_tissue_and_plain_png_and_corrupt(tmp_path, caplog):
     orc_png = OraclePredictor(lay.to_processing(F), 160, 128)
     out = tmp_path / "out"
     slides = sorted(src.iterdir())
-    res = run_wsi(slides, out, orc_png, _opts(256, slide_mpp=MPP), workers=1, pool_kind="thread")
+    res = run_wsi(slides, out, orc_png, _opts(256, slide_mpp=MPP, postproc_workers=1), pool_kind="thread")
     by = {r.slide: r for r in res}
     assert by["blank"].status == "ok" and by["blank"].total == 0 and by["blank"].tissue_area_mm2 == 0
     no_tissue = [r.getMessage() for r in caplog.records if "no tissue found" in r.getMessage()]
@@ -218,9 +218,10 @@ def test_small_field_of_view_is_not_dropped_as_a_speck(tmp_path):
     """An image smaller than infer.min_tissue_area_um2 still has tissue, and its crypts are counted."""
     lay = random_layout(300, 300, [(0, 0, 300, 300)], 6, (24.0, 40.0), seed=5, gap=12)
     write_png(tmp_path / "in" / "fov.png", render_tile(lay, 1, 0, 0, 300, 300))
-    opts = replace(_opts(256, slide_mpp=MPP), min_tissue_area_um2=40000.0)  # > the 150 x 150 µm image
+    # min_tissue_area_um2 > the 150 x 150 µm image
+    opts = _opts(256, slide_mpp=MPP, min_tissue_area_um2=40000.0, postproc_workers=0)
     orc = OraclePredictor(lay.to_processing(F), 160, 128)
-    res = run_wsi([tmp_path / "in" / "fov.png"], tmp_path / "out", orc, opts, workers=0)
+    res = run_wsi([tmp_path / "in" / "fov.png"], tmp_path / "out", orc, opts)
     assert res[0].status == "ok" and res[0].tissue_area_mm2 > 0.5 * (300 * MPP / 1000) ** 2
     assert len(lay.ellipses) > 0 and res[0].total == len(lay.ellipses)
 
@@ -233,7 +234,7 @@ def test_supplied_mask_limits_processing(slide, tmp_path):
     (tmp_path / "masks").mkdir()
     write_png(tmp_path / "masks" / "synth.png", mask)
     orc = OraclePredictor(layout.to_processing(F), 160, 128, nr_types=3)
-    res = run_wsi([path], tmp_path / "o", orc, _opts(1024), mask_dir=tmp_path / "masks", workers=0)
+    res = run_wsi([path], tmp_path / "o", orc, _opts(1024, postproc_workers=0), mask_dir=tmp_path / "masks")
     left = int((layout.ellipses[:, 0] < 5200).sum())
     assert res[0].status == "ok" and res[0].total == left
 
@@ -266,9 +267,9 @@ def test_cli_real_network_corrupt_slide_and_resume(tmp_path, monkeypatch, repo_r
     one good slide; the run is stopped after 2 chunks, resumed, and finishes with exit code 1."""
     import torch
 
-    from hovercrypt.infer.wsi import RunInterrupted
-    from hovercrypt.infer.wsi_cli import STOP_ENV
+    from hovercrypt.infer import wsi_cli
     from hovercrypt.models.checkpoint import save_checkpoint
+    from hovercrypt.testing.interrupt import RunInterrupted, stop_after
 
     spec = importlib.util.spec_from_file_location("run_infer", repo_root / "run_infer.py")
     run_infer = importlib.util.module_from_spec(spec)
@@ -293,11 +294,12 @@ def test_cli_real_network_corrupt_slide_and_resume(tmp_path, monkeypatch, repo_r
         "--workers=0",
         "--batch_size=4",
     ]  # 128 x 128 processing px: 2 x 2 regions sharing one 164-px network tile (CPU time is scarce)
-    monkeypatch.setenv(STOP_ENV, "2")
-    with pytest.raises(RunInterrupted):
-        main(argv)
+    build = wsi_cli.wsi_options  # the CLI's options, plus a hook that stops the run like a kill
+    with monkeypatch.context() as m:
+        m.setattr(wsi_cli, "wsi_options", lambda *a: replace(build(*a), on_region_committed=stop_after(2)))
+        with pytest.raises(RunInterrupted):
+            main(argv)
     assert len(list((out / "small" / "parts").glob("chunk_*.jsonl"))) == 2
-    monkeypatch.delenv(STOP_ENV)
     assert main([*argv, "--resume"]) == 1
     rows = {r["slide"]: r for r in csv.DictReader(open(out / "counts.csv"))}
     assert rows["small"]["status"] == "ok" and rows["broken"]["status"].startswith("error:")
@@ -321,8 +323,8 @@ def test_resume_with_other_type_names_restarts_the_slide(tmp_path):
     old = TypeInfo(("background", "a1", "a2"), ((0, 0, 0), (0, 200, 0), (230, 0, 0)))
     new = TypeInfo(("background", "b1", "b2"), ((0, 0, 0), (0, 200, 0), (230, 0, 0)))
     out = tmp_path / "out"
-    (r1,) = run_wsi([path], out, orc, replace(_opts(64), type_info=old), workers=0)
-    (r2,) = run_wsi([path], out, orc, replace(_opts(64), type_info=new), resume=True, workers=0)
+    (r1,) = run_wsi([path], out, orc, replace(_opts(64, postproc_workers=0), type_info=old))
+    (r2,) = run_wsi([path], out, orc, replace(_opts(64, postproc_workers=0), type_info=new), resume=True)
     assert r1.status == r2.status == "ok" and r1.total == r2.total == len(lay.ellipses) > 0
     names = {json.loads(line)["type_name"] for line in open(out / "small" / "instances.jsonl")}
     assert names and names <= {"b1", "b2"}

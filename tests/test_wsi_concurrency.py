@@ -34,7 +34,7 @@ def cohort(tmp_path_factory) -> tuple[list[Path], np.ndarray, Path, int]:
     d = tmp_path_factory.mktemp("cohort")
     slides, ellipses = make_slides(d / "in")
     orc = SlowOracle(ellipses)
-    res = run_wsi(slides, d / "serial", orc, wsi_opts(), workers=0)
+    res = run_wsi(slides, d / "serial", orc, wsi_opts())
     assert [r.status == "ok" for r in res] == [True, True, False]  # a, b, broken
     assert res[0].total > 0 and res[1].total > 0 and res[0].total != res[1].total
     return slides, ellipses, d / "serial", orc.tiles_seen
@@ -50,7 +50,7 @@ def test_locked_slide_is_deferred_then_taken_from_the_holder(cohort, tmp_path, c
     orc = SlowOracle(ellipses)
     box: dict[str, list[SlideResult]] = {}
     th = threading.Thread(
-        target=lambda: box.setdefault("res", run_wsi(slides, out, orc, wsi_opts(), workers=0))
+        target=lambda: box.setdefault("res", run_wsi(slides, out, orc, wsi_opts()))
     )
     caplog.set_level("INFO", logger="hovercrypt.wsi")
     th.start()
@@ -69,7 +69,7 @@ def test_locked_slide_is_deferred_then_taken_from_the_holder(cohort, tmp_path, c
         assert orc.tiles_seen > 0 and not (out / "a" / "done.json").exists()
         tiles_b = orc.tiles_seen
         # "the other run" finishes slide a while holding its lock
-        mine = process_slide(slides[0], out, SlowOracle(ellipses), wsi_opts(), workers=0)
+        mine = process_slide(slides[0], out, SlowOracle(ellipses), wsi_opts())
     finally:
         lock.release()
     th.join(120)
@@ -85,7 +85,7 @@ def test_outcomes_on_disk_and_counts(cohort, tmp_path):
     """Each slide's outcome is a file; counts.csv is read back from them; a later success clears a failure."""
     slides, ellipses, serial, _ = cohort
     out = tmp_path / "out"
-    run_wsi(slides, out, SlowOracle(ellipses), wsi_opts(), workers=0)
+    run_wsi(slides, out, SlowOracle(ellipses), wsi_opts())
     broken = result_on_disk(out / "broken")
     assert broken.status.startswith("error: ") and "broken.svs" in broken.status
     assert (out / "counts.csv").read_bytes() == (serial / "counts.csv").read_bytes()
@@ -94,7 +94,7 @@ def test_outcomes_on_disk_and_counts(cohort, tmp_path):
     assert result_on_disk(out / "a").status == "error: a.tif: gone"
     # ... until a run succeeds on the slide (here by reusing its finished result)
     orc = SlowOracle(ellipses)
-    run_wsi(slides, out, orc, wsi_opts(), resume=True, workers=0)
+    run_wsi(slides, out, orc, wsi_opts(), resume=True)
     assert orc.tiles_seen == 0 and not (out / "a" / "error.json").exists()
     assert (out / "counts.csv").read_bytes() == (serial / "counts.csv").read_bytes()
     # a damaged outcome file is that slide's error row, not a crash of the whole table
@@ -116,7 +116,7 @@ _CHILD = textwrap.dedent(
     ready.write_text("ready")
     while not go.exists():
         time.sleep(0.01)
-    res = run_wsi([Path(p) for p in {slides!r}], out, orc, wsi_opts(), workers=0)
+    res = run_wsi([Path(p) for p in {slides!r}], out, orc, wsi_opts())
     print(json.dumps({{"tiles": orc.tiles_seen, "status": [r.status for r in res]}}))
     """
 )

@@ -19,7 +19,7 @@ import pytest
 from cohort_helpers import OracleSource, SlowOracle, make_slides, output_bytes, wsi_opts
 
 from hovercrypt.infer.wsi_cli import run_wsi
-from hovercrypt.io.synthetic_slide import random_layout, write_layout_slide
+from hovercrypt.testing.slides import random_layout, write_layout_slide
 
 pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")  # broken.svs
 SKIP = 'Ray is not installed (optional extra: pip install -e ".[ray]"); the cohort tests need it'
@@ -47,7 +47,7 @@ def ray_local():
 def cohort(tmp_path_factory) -> tuple[list[Path], np.ndarray, Path]:
     d = tmp_path_factory.mktemp("raycohort")
     slides, ellipses = make_slides(d / "in")
-    run_wsi(slides, d / "serial", SlowOracle(ellipses), wsi_opts(), workers=0)
+    run_wsi(slides, d / "serial", SlowOracle(ellipses), wsi_opts())
     return slides, ellipses, d / "serial"
 
 
@@ -56,7 +56,7 @@ def test_ray_run_matches_serial(ray_local, cohort, tmp_path):
     from hovercrypt.infer.cohort import run_cohort
 
     slides, ellipses, serial = cohort
-    res = run_cohort(slides, tmp_path, OracleSource(ellipses), wsi_opts(), 3, workers=0, ray_workers=2)
+    res = run_cohort(slides, tmp_path, OracleSource(ellipses), wsi_opts(), 3, ray_workers=2)
     assert [r.slide for r in res] == ["a", "b", "broken"]
     assert [r.status for r in res][:2] == ["ok", "ok"] and res[2].status.startswith("error: ")
     assert "broken.svs" in res[2].status
@@ -71,7 +71,7 @@ def test_killed_worker_is_retried_and_resumes(ray_local, cohort, tmp_path):
     slides, ellipses, serial = cohort
     marker = tmp_path / "killed"
     source = OracleSource(ellipses, str(marker), str(tmp_path / "a" / "parts"))
-    res = run_cohort(slides[:1], tmp_path, source, wsi_opts(), 3, workers=0, ray_workers=2)
+    res = run_cohort(slides[:1], tmp_path, source, wsi_opts(), 3, ray_workers=2)
     assert marker.is_file()  # the kill happened
     assert res[0].status == "ok"
     got, want = output_bytes(tmp_path, ["a"]), output_bytes(serial, ["a"])
@@ -146,7 +146,7 @@ def test_cli_ray_errors_are_one_line(tmp_path, repo_root, monkeypatch):
     (src / "x.png").write_bytes(b"")
     base = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}"]
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError, as when not installed
-    assert main([*base, "--ray=local"]) == 1
+    assert main([*base, "--ray=local"]) == 2
     assert 'pip install -e ".[ray]"' in (tmp_path / "o" / "wsi.log").read_text()
-    assert main([*base, "--ray=local", "--gpu=0"]) == 1
+    assert main([*base, "--ray=local", "--gpu=0"]) == 2
     assert "with --ray give --ray_gpus_per_slide=1" in (tmp_path / "o" / "wsi.log").read_text()

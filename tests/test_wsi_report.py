@@ -21,15 +21,15 @@ import cv2
 import numpy as np
 import pytest
 
-from hovercrypt.config import PostprocConfig
-from hovercrypt.infer.oracle import OraclePredictor
+from hovercrypt.config import InferConfig, PostprocConfig
 from hovercrypt.infer.wsi import WsiOptions
 from hovercrypt.infer.wsi_cli import run_wsi
 from hovercrypt.infer.wsi_outputs import summary_columns
 from hovercrypt.io.images import write_png
-from hovercrypt.io.synthetic_slide import random_layout, render_tile
 from hovercrypt.io.type_info import TypeInfo
 from hovercrypt.postproc.morphometry import MEASUREMENT_KEYS, MEASUREMENTS
+from hovercrypt.testing.oracle import OraclePredictor
+from hovercrypt.testing.slides import random_layout, render_tile
 
 MPP, PROC_MPP = 0.5, 2.0
 F = PROC_MPP / MPP
@@ -46,13 +46,13 @@ def run(tmp_path_factory):
         proc_mpp=PROC_MPP,
         postproc=PostprocConfig(min_object_area_um2=100.0).pixels(PROC_MPP),
         type_info=TI,
-        tile_shape=128,  # 400 x 300 processing px: 4 x 3 regions, many crypts near their borders
-        margin_um=100.0,
+        # 400 x 300 processing px: 4 x 3 regions, many crypts near their borders
+        infer=InferConfig(tile_shape=128, margin_um=100.0, postproc_workers=1),
         progress=False,
         slide_mpp=MPP,
     )
     orc = OraclePredictor(lay.to_processing(F), 160, 128, nr_types=3)
-    results = run_wsi(sorted((d / "in").iterdir()), d / "out", orc, opts, workers=1, pool_kind="thread")
+    results = run_wsi(sorted((d / "in").iterdir()), d / "out", orc, opts, pool_kind="thread")
     return d / "out", lay, {r.slide: r for r in results}
 
 

@@ -6,26 +6,27 @@ from pathlib import Path
 
 import pytest
 
-from hovercrypt.config import PostprocConfig
-from hovercrypt.infer.oracle import OraclePredictor
-from hovercrypt.infer.wsi import RunInterrupted, WsiOptions
+from hovercrypt.config import InferConfig, PostprocConfig
+from hovercrypt.infer.wsi import WsiOptions
 from hovercrypt.infer.wsi_cli import run_wsi
-from hovercrypt.io.synthetic_slide import boundary_crypts, random_layout, write_layout_slide
 from hovercrypt.io.type_info import TypeInfo
+from hovercrypt.testing.interrupt import RunInterrupted, stop_after
+from hovercrypt.testing.oracle import OraclePredictor
+from hovercrypt.testing.slides import boundary_crypts, random_layout, write_layout_slide
 
 MPP, PROC_MPP, SIZE = 0.5, 2.0, 4096
 OUTPUTS = ("instances.jsonl", "r.geojson", "thumbnail.png", "tissue_mask.png")
 
 
-def _opts(**kw) -> WsiOptions:
+def _opts(workers: int = 0, stop_after_regions: int | None = None) -> WsiOptions:
+    hook = stop_after(stop_after_regions) if stop_after_regions else None
     return WsiOptions(
         proc_mpp=PROC_MPP,
         postproc=PostprocConfig(min_object_area_um2=100.0).pixels(PROC_MPP),
         type_info=TypeInfo.default(0),
-        tile_shape=256,
-        margin_um=80.0,
+        infer=InferConfig(tile_shape=256, margin_um=80.0, postproc_workers=workers),
         progress=False,
-        **kw,
+        on_region_committed=hook,
     )
 
 
@@ -49,19 +50,19 @@ def test_resume_after_interruption_is_identical(slide, tmp_path):
     e = layout.to_processing(PROC_MPP / MPP)
 
     clean = OraclePredictor(e, 160, 128)
-    (res,) = run_wsi([path], tmp_path / "clean", clean, _opts(), workers=2, pool_kind="process")
+    (res,) = run_wsi([path], tmp_path / "clean", clean, _opts(workers=2), pool_kind="process")
     assert res.status == "ok" and res.total == len(layout.ellipses)
 
     out = tmp_path / "resumed"
     first = OraclePredictor(e, 160, 128)
     with pytest.raises(RunInterrupted):
-        run_wsi([path], out, first, _opts(stop_after_chunks=4), workers=1, pool_kind="thread")
+        run_wsi([path], out, first, _opts(workers=1, stop_after_regions=4), pool_kind="thread")
     parts = sorted((out / "r" / "parts").glob("chunk_*.jsonl"))
     assert len(parts) >= 4
     assert not (out / "r" / "instances.jsonl").exists() and not (out / "counts.csv").exists()
 
     second = OraclePredictor(e, 160, 128)
-    (res2,) = run_wsi([path], out, second, _opts(), resume=True, workers=2, pool_kind="thread")
+    (res2,) = run_wsi([path], out, second, _opts(workers=2), resume=True, pool_kind="thread")
     assert res2.total == res.total
     assert _bytes(out) == _bytes(tmp_path / "clean")
     # finished chunks were not predicted again
@@ -71,7 +72,7 @@ def test_resume_after_interruption_is_identical(slide, tmp_path):
     # resuming a finished run does no work and changes nothing
     third = OraclePredictor(e, 160, 128)
     before = _bytes(out)
-    run_wsi([path], out, third, _opts(), resume=True, workers=0)
+    run_wsi([path], out, third, _opts(), resume=True)
     assert third.tiles_seen == 0 and _bytes(out) == before
 
 
@@ -79,14 +80,14 @@ def test_changed_settings_restart_instead_of_mixing(slide, tmp_path):
     path, layout = slide
     e = layout.to_processing(PROC_MPP / MPP)
     with pytest.raises(RunInterrupted):
-        run_wsi([path], tmp_path, OraclePredictor(e, 160, 128), _opts(stop_after_chunks=2), workers=0)
+        run_wsi([path], tmp_path, OraclePredictor(e, 160, 128), _opts(stop_after_regions=2))
     other = _opts()
-    other.tile_shape = 512  # different chunks: the old parts must not be reused
+    other.infer.tile_shape = 512  # different chunks: the old parts must not be reused
     orc = OraclePredictor(e, 160, 128)
-    (res,) = run_wsi([path], tmp_path, orc, other, resume=True, workers=0)
+    (res,) = run_wsi([path], tmp_path, orc, other, resume=True)
     assert res.total == len(layout.ellipses)
     fresh = OraclePredictor(e, 160, 128)
-    run_wsi([path], tmp_path / "fresh", fresh, other, workers=0)
+    run_wsi([path], tmp_path / "fresh", fresh, other)
     assert orc.tiles_seen == fresh.tiles_seen
 
 
@@ -95,11 +96,11 @@ def test_resume_with_tta_toggled_restarts(slide, tmp_path):
     path, layout = slide
     e = layout.to_processing(PROC_MPP / MPP)
     with pytest.raises(RunInterrupted):
-        run_wsi([path], tmp_path, OraclePredictor(e, 160, 128), _opts(stop_after_chunks=2), workers=0)
+        run_wsi([path], tmp_path, OraclePredictor(e, 160, 128), _opts(stop_after_regions=2))
     again = OraclePredictor(e, 160, 128)
     again.tta = True  # the oracle ignores it; only the manifest sees the change
-    (res,) = run_wsi([path], tmp_path, again, _opts(), resume=True, workers=0)
+    (res,) = run_wsi([path], tmp_path, again, _opts(), resume=True)
     fresh = OraclePredictor(e, 160, 128)
-    (ref,) = run_wsi([path], tmp_path / "fresh", fresh, _opts(), workers=0)
+    (ref,) = run_wsi([path], tmp_path / "fresh", fresh, _opts())
     assert res.total == ref.total == len(layout.ellipses)
     assert again.tiles_seen == fresh.tiles_seen  # nothing was reused

@@ -25,12 +25,13 @@ import logging
 import math
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
+from hovercrypt.config import InferConfig
 from hovercrypt.infer.slide_jobs import Busy, SlideBook, SlideJob, make_pool, record_error, run_slide_job
 from hovercrypt.infer.wsi import WsiOptions
 from hovercrypt.infer.wsi_outputs import SlideResult
@@ -51,16 +52,16 @@ def import_ray() -> Any:
 
 @dataclass
 class CheckpointSource:
-    """The checkpoint's bytes and how to run it; put in the object store once per run."""
+    """The checkpoint's bytes and how to run it (``infer``: batch size, TTA, window, threads);
+    put in the object store once per run."""
 
     data: bytes
     name: str
-    batch_size: int = 8
-    tta: bool = False
+    infer: InferConfig = field(default_factory=InferConfig)
 
     @classmethod
-    def from_file(cls, path: str | Path, batch_size: int = 8, tta: bool = False) -> CheckpointSource:
-        return cls(Path(path).read_bytes(), Path(path).name, batch_size, tta)
+    def from_file(cls, path: str | Path, infer: InferConfig | None = None) -> CheckpointSource:
+        return cls(Path(path).read_bytes(), Path(path).name, infer or InferConfig())
 
     def build(self, device: str) -> Any:
         """A NetworkPredictor on ``device`` (loading needs a file: a private temporary copy)."""
@@ -69,7 +70,9 @@ class CheckpointSource:
         with tempfile.TemporaryDirectory(prefix="hovercrypt-ckpt-") as d:
             tmp = Path(d) / self.name
             tmp.write_bytes(self.data)
-            return NetworkPredictor.from_checkpoint(tmp, device, batch_size=self.batch_size, tta=self.tta)
+            pred = NetworkPredictor.from_checkpoint(tmp, device)
+        pred.apply_settings(self.infer)
+        return pred
 
 
 #: per worker process: (object id, device) -> predictor; one entry, so a long-lived worker
@@ -99,7 +102,7 @@ def _slide_task(box: list[Any], job: SlideJob, wait: bool, device: str, pool_kin
     pool = None
     try:
         predictor = _worker_predictor(ray, box, device)
-        pool = make_pool(job.workers, pool_kind)
+        pool = make_pool(job.opts.infer.postproc_workers, pool_kind)
         return run_slide_job(job, predictor, pool, wait)
     finally:
         if pool is not None:
@@ -142,7 +145,6 @@ def run_cohort(
     nr_types: int,
     mask_dir: str | Path | None = None,
     resume: bool = False,
-    workers: int = 2,
     address: str = "local",
     ray_workers: int = 2,
     cpus_per_slide: float = 1.0,
@@ -164,7 +166,7 @@ def run_cohort(
     started = connect(address, ray_workers, cpus_per_slide, object_store_mb)
     pending: dict[Any, SlideJob] = {}
     try:
-        book = SlideBook(slides, out_dir, replace(opts, progress=False), mask_dir, resume, workers, nr_types)
+        book = SlideBook(slides, out_dir, replace(opts, progress=False), mask_dir, resume, nr_types)
         device = "cuda" if gpus_per_slide > 0 else "cpu"  # Ray sets CUDA_VISIBLE_DEVICES per task
         task = ray.remote(_slide_task).options(
             num_cpus=cpus_per_slide, num_gpus=gpus_per_slide, max_retries=max_retries
@@ -216,29 +218,17 @@ def run_cohort(
             ray.shutdown()
 
 
-def load_driver_predictor(args: Mapping[str, Any], batch_size: int) -> tuple[Any, CheckpointSource]:
+def load_driver_predictor(args: Mapping[str, Any]) -> tuple[Any, CheckpointSource]:
     """The checkpoint on the driver's CPU, and its bytes for the workers.
 
-    The driver only needs the stored config, the type count and a check that the
-    weights load before cluster time is spent; the slides run on the workers' devices.
+    The driver only needs the stored config (with the options written into it), the type
+    count and a check that the weights load before cluster time is spent; the slides run on
+    the workers' devices, with the same ``infer`` settings.
     """
-    from hovercrypt.infer.predictor import NetworkPredictor
-    from hovercrypt.infer.tile_cli import load_postproc_overrides
+    from hovercrypt.infer.options import checkpoint_path, load_predictor
 
-    path = args.get("--model_path")
-    if not path:
-        from hovercrypt.models.checkpoint import default_model_path
-
-        path = default_model_path()
-    if not Path(path).is_file():
-        raise InputError(f"{path}: model checkpoint not found (give one with --model_path)")
-    tta = bool(args.get("--tta"))
-    pred = NetworkPredictor.from_checkpoint(path, "cpu", batch_size=batch_size, tta=tta)
-    if pred.config is None:
-        raise InputError(f"{path}: checkpoint holds no config (proc_mpp, post-processing)")
-    if args.get("--postproc"):
-        pred.config = pred.config.replace(postproc=load_postproc_overrides(args["--postproc"], pred.config))
-    return pred, CheckpointSource.from_file(path, batch_size, tta)
+    pred = load_predictor(args, device="cpu", wsi=True)
+    return pred, CheckpointSource.from_file(checkpoint_path(args), pred.config.infer)
 
 
 def ray_settings(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -98,37 +98,11 @@ def predict_tta(
     return {k: v / np.float32(len(TTA_FLIPS)) for k, v in total.items()}
 
 
-def resolve_amp(amp: str, device: Any) -> Any:
-    """The autocast dtype for ``amp`` ("auto" | "bf16" | "fp16" | "none") on ``device``, or None.
-
-    "auto": bf16 on CUDA when supported (fp16 otherwise); on the CPU bf16 only
-    with AMX, fp32 elsewhere (see :mod:`hovercrypt.models.precision`).
-    """
-    import torch
-
-    if amp not in ("auto", "bf16", "fp16", "none"):
-        raise ValueError(f"amp must be auto/bf16/fp16/none, got {amp!r}")
-    if amp == "none":
-        return None
-    dev = torch.device(device)
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "fp16":
-        return torch.float16
-    if dev.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if dev.type == "cpu":
-        from hovercrypt.models.precision import cpu_bf16_pays_off
-
-        return torch.bfloat16 if cpu_bf16_pays_off() else None
-    return None
-
-
 class NetworkPredictor:
     """A :class:`Predictor` around a hovercrypt model (anything with ``forward`` and ``to_maps``).
 
     Tiles are sent through the network in chunks of ``batch_size`` under
-    ``torch.inference_mode`` and autocast (see :func:`resolve_amp`); with
+    ``torch.inference_mode`` and autocast (see :func:`hovercrypt.models.precision.resolve_amp`); with
     ``tta`` each chunk runs four times (flips) and the un-flipped maps are averaged.
     """
 
@@ -153,6 +127,8 @@ class NetworkPredictor:
         self.model = model.to(self.device).eval()
         self.batch_size = int(batch_size)
         self.tta = bool(tta)
+        from hovercrypt.models.precision import resolve_amp
+
         self.amp_dtype = resolve_amp(amp, self.device)
         self.config = config if config is not None else getattr(model, "config", None)
         self.model_path: str | None = None  # set by from_checkpoint; recorded in exported metadata
@@ -191,6 +167,14 @@ class NetworkPredictor:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.set_window(window, window_border)
+
+    def apply_settings(self, infer: Any) -> None:
+        """Batch size, TTA, window and CPU settings from an :class:`~hovercrypt.config.InferConfig`."""
+        if infer.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {infer.batch_size}")
+        self.batch_size, self.tta = int(infer.batch_size), bool(infer.tta)
+        window, border = int(infer.window), int(infer.window_border)
+        self.configure(window, border, bool(infer.channels_last), int(infer.threads))
 
     def set_window(self, window: int, border: int = 0) -> None:
         """Run the network on ``window`` px inputs instead of its training window.

@@ -142,7 +142,6 @@ class SlideJob:
     mask_dir: str | None
     resume: bool
     since_ns: int  # run_stamp() of the run: results written after it are this run's, or a concurrent one's
-    workers: int = 2
 
     @property
     def slide_dir(self) -> Path:
@@ -185,7 +184,7 @@ def run_slide_job(job: SlideJob, predictor: Any, pool: Executor | None, wait: bo
         )
         try:
             mask = find_mask(job.mask_dir, job.path.stem)
-            res = process_slide(job.path, job.out_dir, predictor, job.opts, pool, mask, resume, job.workers)
+            res = process_slide(job.path, job.out_dir, predictor, job.opts, pool, mask, resume)
         except Exception as e:  # one bad slide must not stop the run
             return record_error(job, error_message(job.path, e))
         (d / ERROR_NAME).unlink(missing_ok=True)
@@ -229,7 +228,6 @@ class SlideBook:
         opts: WsiOptions,
         mask_dir: str | Path | None,
         resume: bool,
-        workers: int,
         nr_types: int,
     ) -> None:
         self.out_dir, self.type_info, self.nr_types = out_dir, opts.type_info, nr_types
@@ -244,7 +242,7 @@ class SlideBook:
                 continue
             seen.add(p.stem)
             md = str(mask_dir) if mask_dir else None
-            self.entries.append((SlideJob(p, out_dir, opts, md, resume, since, workers), None))
+            self.entries.append((SlideJob(p, out_dir, opts, md, resume, since), None))
         self._index = {id(j): i for i, (j, _) in enumerate(self.entries) if j is not None}
 
     @property

@@ -7,8 +7,8 @@ write ``json/``, ``mat/``, ``overlay/`` and ``geojson/`` outputs; one
 image is reported and skipped so one corrupt file does not cost a long batch;
 its row keeps empty counts (not a misleading 0) and the exit code is 1.
 
-``resolve_device``, ``resolve_type_info`` and ``write_image_outputs`` are
-shared with the whole-slide command.
+``resolve_type_info``, ``prepare_output_dir`` and ``write_image_outputs`` are
+shared with the whole-slide command; the options are read in :mod:`hovercrypt.infer.options`.
 """
 
 from __future__ import annotations
@@ -22,59 +22,26 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from hovercrypt.config import ConfigError
-from hovercrypt.io.images import IMAGE_EXTS, InputError, read_rgb, write_png
-from hovercrypt.io.type_info import TypeInfo, load_type_info
+from hovercrypt.errors import USER_ERROR_EXIT, InputError, UserError
+from hovercrypt.infer.options import check_args, float_opt, load_predictor
+from hovercrypt.io.images import IMAGE_EXTS, read_rgb, write_png
+from hovercrypt.io.type_info import TypeInfo, load_type_info, type_info_path
 
 OUTPUT_DIRS = ("json", "mat", "overlay", "geojson")
 
 
-def _notice(msg: str) -> None:
-    tqdm.write(msg, file=sys.stderr)
-
-
-def resolve_device(gpu: str | None) -> str:
-    """``--gpu`` value -> torch device string. Empty -> CPU (with a notice); "0" or "0,1" -> cuda:0."""
-    gpu = (gpu or "").strip()
-    if not gpu:
-        _notice("notice: no --gpu given, running on the CPU")
-        return "cpu"
-    import torch
-
-    first = gpu.split(",")[0].strip()
-    if not first.isdigit():
-        raise InputError(f"--gpu must be GPU ids like 0 or 0,1; got {gpu!r}")
-    if not torch.cuda.is_available() or int(first) >= torch.cuda.device_count():
-        raise InputError(f"--gpu {gpu}: CUDA device {first} is not available (use --gpu= for the CPU)")
-    if "," in gpu:
-        _notice(f"notice: tile inference uses one GPU; using cuda:{first}")
-    return f"cuda:{first}"
-
-
-#: ``type_info.json`` at the repository root (beside ``run_infer.py``): the default of
-#: ``--type_info_path``, so the type names do not depend on the current directory.
-DEFAULT_TYPE_INFO = Path(__file__).resolve().parents[2] / "type_info.json"
-
-
 def resolve_type_info(
-    path: str | Path | None, nr_types: int, default: str | Path | None = DEFAULT_TYPE_INFO
+    path: str | Path | None, nr_types: int, configured: str | Path | None = None
 ) -> TypeInfo:
-    """Type names/colours from ``path`` (given explicitly) or else from ``default``.
+    """Type names/colours by the one rule of :func:`hovercrypt.io.type_info.type_info_path`.
 
-    A path the user typed that does not exist is an error (a typo must not
-    silently turn the type names into ``type1, type2``); only when no path was
-    given and the default file is absent are generic names used (with a notice).
-    A file with fewer types than the model predicts is an error: crypts of the
-    missing types would be exported nameless.
+    ``path``: ``--type_info_path``; ``configured``: the config's ``type_info``. A file with
+    fewer types than the model predicts is an error: crypts of the missing types would be
+    exported nameless.
     """
-    if path:
-        if not Path(path).is_file():
-            raise InputError(f"{path}: type info file (--type_info_path) not found")
-        src = Path(path)
-    elif default is not None and Path(default).is_file():
-        src = Path(default)
-    else:
-        _notice(f"notice: no --type_info_path and no {default}; using generic type names")
+    src = type_info_path(path, configured)
+    if not src.is_file():  # only a broken install lacks the shipped file
+        tqdm.write(f"notice: {src} not found; using generic type names", file=sys.stderr)
         return TypeInfo.default(nr_types)
     ti = load_type_info(src)
     if nr_types > 0 and len(ti) < nr_types:
@@ -133,105 +100,6 @@ def write_image_outputs(
     write_geojson(out / "geojson" / f"{stem}.geojson", fc["features"])
 
 
-def _float_opt(args: Mapping[str, Any], key: str) -> float | None:
-    v = args.get(key)
-    if v in (None, ""):
-        return None
-    try:
-        f = float(v)
-    except ValueError as e:
-        raise InputError(f"{key} must be a number, got {v!r}") from e
-    if f <= 0:
-        raise InputError(f"{key} must be > 0, got {v}")
-    return f
-
-
-def _int_opt(args: Mapping[str, Any], key: str, default: int, minimum: int = 1) -> int:
-    v = args.get(key)
-    try:
-        n = int(v) if v not in (None, "") else default
-    except ValueError as e:
-        raise InputError(f"{key} must be an integer, got {v!r}") from e
-    if n < minimum:
-        raise InputError(f"{key} must be >= {minimum}, got {n}")
-    return n
-
-
-def load_predictor(args: Mapping[str, Any], batch_size: int) -> Any:
-    """The checkpoint from ``--model_path`` (default: the shipped model) as a NetworkPredictor."""
-    from hovercrypt.infer.predictor import NetworkPredictor
-
-    model_path = args.get("--model_path")
-    if not model_path:
-        from hovercrypt.models.checkpoint import default_model_path
-
-        model_path = default_model_path()
-    if not Path(model_path).is_file():
-        hint = "give one with --model_path"
-        if str(model_path) in ("unet", "hovernet"):  # docopt reads --model=unet as --model_path=unet
-            hint = "the architecture comes from the checkpoint; give the checkpoint file with --model_path"
-        raise InputError(f"{model_path}: model checkpoint not found ({hint})")
-    device = resolve_device(args.get("--gpu"))
-    tta = bool(args.get("--tta"))
-    pred = NetworkPredictor.from_checkpoint(model_path, device, batch_size=batch_size, tta=tta)
-    if pred.config is None:
-        raise InputError(f"{model_path}: checkpoint holds no config (proc_mpp, post-processing)")
-    if args.get("--postproc"):
-        pred.config = pred.config.replace(postproc=load_postproc_overrides(args["--postproc"], pred.config))
-    try:
-        pred.configure(**speed_settings(args, pred.config.infer))
-    except ValueError as e:
-        raise InputError(str(e)) from e
-    return pred
-
-
-def speed_settings(args: Mapping[str, Any], infer: Any) -> dict[str, Any]:
-    """Window and CPU settings for ``NetworkPredictor.configure``: CLI options over ``InferConfig``."""
-    return {
-        "window": _int_opt(args, "--window", int(infer.window), minimum=0),
-        "window_border": _int_opt(args, "--window_border", int(infer.window_border), minimum=0),
-        "channels_last": bool(infer.channels_last) or bool(args.get("--channels_last")),
-        "threads": _int_opt(args, "--threads", int(infer.threads), minimum=0),
-    }
-
-
-def load_postproc_overrides(spec: str | Path, cfg: Any) -> Any:
-    """The checkpoint's ``PostprocConfig`` with the fields given by ``spec`` replaced.
-
-    ``spec`` is a JSON file or an inline JSON object (``{"np_thresh": 0.6}``).
-    Post-processing is tuned after training (``benchmarks/tune_postproc.py`` writes such a
-    file), so it can change without touching the model. Only the keys given are replaced;
-    unknown keys, wrong types or out-of-range values are errors that name the source.
-    """
-    import dataclasses
-    import json
-
-    from hovercrypt.config import PostprocConfig
-    from hovercrypt.typed_dicts import build_dataclass
-
-    text, where = str(spec), "--postproc"
-    if not text.lstrip().startswith("{"):
-        path = Path(spec)
-        if not path.is_file():
-            raise InputError(f"{path}: --postproc file not found (give a JSON file or an inline JSON object)")
-        try:
-            text, where = path.read_text(encoding="utf-8"), str(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{path}: cannot read --postproc file ({e})") from e
-    try:
-        overrides = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InputError(f"{where}: not valid JSON ({e})") from e
-    if not isinstance(overrides, dict):
-        raise InputError(f"{where}: expected a JSON object of post-processing fields")
-    try:
-        post = build_dataclass(PostprocConfig, {**dataclasses.asdict(cfg.postproc), **overrides}, "postproc")
-        post.validate()
-    except ConfigError as e:
-        raise InputError(f"{where}: {e}") from e
-    return post
-
-
 def run_tile_cli(args: Mapping[str, Any]) -> int:
     """Entry point for ``run_infer.py tile`` (``args``: the docopt dict). Returns the exit code."""
     from hovercrypt.infer.tile import segment_image
@@ -240,14 +108,15 @@ def run_tile_cli(args: Mapping[str, Any]) -> int:
     try:
         files = list_images(args["--input_dir"])
         out_dir = prepare_output_dir(args["--output_dir"])
-        batch_size = _int_opt(args, "--batch_size", 8)
-        input_mpp = _float_opt(args, "--input_mpp")
-        predictor = load_predictor(args, batch_size)
+        check_args(args)
+        input_mpp = float_opt(args, "--input_mpp")
+        predictor = load_predictor(args)
         cfg = predictor.config
-        type_info = resolve_type_info(args.get("--type_info_path"), predictor.nr_types)
-    except (InputError, ConfigError) as e:
+        type_info = resolve_type_info(args.get("--type_info_path"), predictor.nr_types, cfg.type_info)
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT
+    batch_size = cfg.infer.batch_size
     proc_mpp = float(cfg.proc_mpp)
     params = cfg.postproc.pixels(proc_mpp)
     columns = ["image", *count_columns(type_info, predictor.nr_types), "total", "status"]

@@ -22,6 +22,7 @@ import shutil
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from hovercrypt.config import InferConfig
 from hovercrypt.infer.regions import Region, margin_pixels, plan_regions, tiles_in
 from hovercrypt.infer.stitch import RegionResult, StitchContext, part_path, postprocess_region
 from hovercrypt.infer.tile import predict_image
@@ -45,30 +47,25 @@ log = logging.getLogger("hovercrypt.wsi")
 MANIFEST_VERSION = 1
 
 
-class RunInterrupted(BaseException):  # noqa: N818 - mimics a kill, so generic handlers don't swallow it
-    """Raised by the ``stop_after_chunks`` test hook, like a killed process."""
-
-
 @dataclass
 class WsiOptions:
-    """Settings of a whole-slide run (see ``InferConfig`` for defaults and meaning)."""
+    """A whole-slide run: the config's ``infer`` settings plus what is known only at run time.
+
+    Every tunable setting (region size, margin, batch size, workers, tile cache, ...) is read
+    from ``infer`` (:class:`hovercrypt.config.InferConfig`), so a default lives in one place.
+    ``on_region_committed(slide, region_index)`` is called after each region's part file is
+    written (progress reporting; tests use it to interrupt a run like a kill).
+    """
 
     proc_mpp: float
     postproc: dict[str, Any]
     type_info: TypeInfo
-    tile_shape: int = 2048
-    margin_um: float = 400.0
-    batch_size: int = 8
-    tissue_thumb_mpp: float = 16.0
-    min_tissue_area_um2: float = 40000.0
-    prefetch: int = 2
+    infer: InferConfig = field(default_factory=InferConfig)
     slide_mpp: float | None = None
     overlay_max_side: int = 2048
-    tile_cache: bool = True  # compute each network tile once per slide (see infer/tile_cache.py)
     model_id: str = ""  # fingerprint of the model, for resume
     progress: bool = True
-    stop_after_chunks: int | None = None  # test hook: raise RunInterrupted after this many commits
-    _committed: list[int] = field(default_factory=lambda: [0], repr=False)
+    on_region_committed: Callable[[str, int], None] | None = field(default=None, repr=False)
 
 
 class TissuePredictor:
@@ -115,14 +112,14 @@ def _mpp_label(reader: SlideReader, mpp: float) -> tuple[float, float]:
 def tissue_mask(reader: SlideReader, opts: WsiOptions, mask_path: Path | None) -> tuple[np.ndarray, float]:
     """Tissue mask on a thumbnail and the thumbnail's µm/px (at least ~512 px on the long side)."""
     long_um = max(reader.dimensions) * reader.mpp
-    mpp = max(reader.mpp, min(opts.tissue_thumb_mpp, long_um / 512))
+    mpp = max(reader.mpp, min(opts.infer.tissue_thumb_mpp, long_um / 512))
     thumb = reader.thumbnail(mpp)
     if mask_path is not None:
         return load_mask(mask_path, thumb.shape[:2]), mpp
     # the minimum tissue piece is meant to drop specks on a slide; a small image (a field of view,
     # a tile) is itself smaller than that, so the limit is capped at 5% of the image's area
     slide_um2 = reader.dimensions[0] * reader.dimensions[1] * reader.mpp**2
-    return otsu_tissue_mask(thumb, mpp, min(opts.min_tissue_area_um2, 0.05 * slide_um2)), mpp
+    return otsu_tissue_mask(thumb, mpp, min(opts.infer.min_tissue_area_um2, 0.05 * slide_um2)), mpp
 
 
 class RegionSource:
@@ -167,10 +164,10 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "dimensions": list(reader.dimensions),
         "slide_mpp": reader.mpp,
         "proc_mpp": opts.proc_mpp,
-        "tile_shape": opts.tile_shape,
+        "tile_shape": opts.infer.tile_shape,
         "margin_px": margin,
         "windows": [predictor.input_size, predictor.output_size],
-        "tile_cache": opts.tile_cache,  # the per-region path mirrors maps at inner region edges
+        "tile_cache": opts.infer.tile_cache,  # the per-region path mirrors maps at inner region edges
         "model": opts.model_id,
         # flips and precision change the maps: a resume must not mix them with earlier regions
         "tta": bool(getattr(predictor, "tta", False)),
@@ -181,6 +178,26 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
     }
 
 
+@dataclass
+class _Slide:
+    """What the steps of :func:`process_slide` share about one open slide."""
+
+    reader: SlideReader
+    slide_dir: Path
+    size: tuple[int, int]  # (W, H) at proc_mpp
+    mask: np.ndarray
+    thumb_mpp: tuple[float, float]  # (x, y) µm/px of the tissue mask
+    margin: int
+
+    @property
+    def name(self) -> str:
+        return self.reader.name
+
+    @property
+    def part_dir(self) -> Path:
+        return self.slide_dir / "parts"
+
+
 def process_slide(
     path: str | Path,
     out_dir: str | Path,
@@ -189,111 +206,51 @@ def process_slide(
     pool: Executor | None = None,
     mask_path: str | Path | None = None,
     resume: bool = False,
-    workers: int = 2,
 ) -> SlideResult:
     """Run one slide end to end; outputs go to ``out_dir/<slide name>/``. Raises on unreadable slides."""
     t0 = time.perf_counter()
     with SlideReader(path, opts.slide_mpp) as reader:
-        name = reader.name
-        slide_dir = Path(out_dir) / name
-        part_dir = slide_dir / "parts"
-        f = opts.proc_mpp / reader.mpp
-        W, H = reader.size_at(opts.proc_mpp)
-        mask, thumb_mpp = tissue_mask(reader, opts, Path(mask_path) if mask_path else None)
-        if not mask.any():  # a count of 0 must not look like a slide without crypts
-            log.warning(
-                "%s: no tissue found (%s); nothing is segmented. Check the slide, or give a tissue "
-                "mask with --input_mask_dir",
-                name,
-                "the supplied mask is empty" if mask_path else "automatic mask: Otsu on saturation",
-            )
-        tmx, tmy = _mpp_label(reader, thumb_mpp)
-        area_mm2 = float(mask.sum()) * tmx * tmy / 1e6
-        inp, out = predictor.input_size, predictor.output_size
-        if opts.tile_cache:  # tiles see real context everywhere: only the model's own context is added
-            ctx = int(getattr(predictor, "context", (inp - out) // 2))
-            inp, out = out + 2 * ctx, out
-        margin = margin_pixels(opts.margin_um, opts.proc_mpp, inp, out)
-        manifest = _manifest(reader, opts, predictor, mask, margin)
-        done_file, man_file = slide_dir / "done.json", slide_dir / "manifest.json"
-        old = json.loads(man_file.read_text()) if resume and man_file.is_file() else None
-        if old is not None and old != manifest:
-            log.warning("%s: settings or slide changed since the interrupted run; starting it again", name)
-            old = None
-        if old is not None and done_file.is_file():
-            log.info("%s: already finished, skipped (--resume)", name)
-            shutil.rmtree(part_dir, ignore_errors=True)
-            return SlideResult.from_json(done_file.read_text())
-        if old is None:
-            shutil.rmtree(part_dir, ignore_errors=True)
-            done_file.unlink(missing_ok=True)
-        part_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(man_file, json.dumps(manifest, indent=1, sort_keys=True))
-        write_png(slide_dir / "tissue_mask.png", mask.astype(np.uint8) * 255)
-
-        tissue = TissueIndex(mask, opts.proc_mpp / ((tmx + tmy) / 2), grow=margin)
-        regions = plan_regions(W, H, opts.tile_shape, margin, keep=lambda b: tissue.touches(*b))
-        out = predictor.output_size
-        todo = [r for r in regions if not part_path(part_dir, r.index).is_file()]
-        if opts.tile_cache:
-            todo = processing_order(todo, W, H)
-            ctx = (predictor.input_size - out) // 2
-            plan = TilePlan.build(todo, out, ctx, tissue)
-            tiles_total = TilePlan.build(regions, out, ctx, tissue).n_tiles
-            tiles_todo = plan.n_tiles
-            source: Any = CachedSource(predictor, plan, reader, (W, H), opts.proc_mpp, opts.batch_size)
-        else:
-            n_tiles = {
-                r.index: sum(tissue.near(x, y, x + out, y + out) for x, y in tiles_in(r, out))
-                for r in regions
-            }
-            tiles_total, tiles_todo = sum(n_tiles.values()), sum(n_tiles[r.index] for r in todo)
-            source = None
+        sl = _open_slide(reader, Path(out_dir), predictor, opts, Path(mask_path) if mask_path else None)
+        area_mm2 = float(sl.mask.sum()) * sl.thumb_mpp[0] * sl.thumb_mpp[1] / 1e6
+        finished = _start_or_resume(sl, _manifest(reader, opts, predictor, sl.mask, sl.margin), resume)
+        if finished is not None:
+            return finished
+        write_png(sl.slide_dir / "tissue_mask.png", sl.mask.astype(np.uint8) * 255)
+        tissue = TissueIndex(sl.mask, opts.proc_mpp / (sum(sl.thumb_mpp) / 2), grow=sl.margin)
+        regions = plan_regions(*sl.size, opts.infer.tile_shape, sl.margin, keep=lambda b: tissue.touches(*b))
+        todo = [r for r in regions if not part_path(sl.part_dir, r.index).is_file()]
+        source, todo, tiles_total, tiles_todo = _plan_source(sl, predictor, opts, tissue, regions, todo)
         log.info(
             "%s: %d x %d px at %.3f µm/px, tissue %.2f mm², %d regions (%d to do), %d tissue tiles",
-            name,
-            W,
-            H,
-            opts.proc_mpp,
-            area_mm2,
-            len(regions),
-            len(todo),
-            tiles_total,
-        )
-        bar = tqdm(total=tiles_total, desc=name, unit="tile", leave=False, disable=not opts.progress)
+            sl.name, *sl.size, opts.proc_mpp, area_mm2, len(regions), len(todo), tiles_total,
+        )  # fmt: skip
+        bar = tqdm(total=tiles_total, desc=sl.name, unit="tile", leave=False, disable=not opts.progress)
         bar.update(tiles_total - tiles_todo)
-        stages = dict.fromkeys(("wait_read", "predict", "wait_postproc"), 0.0)
         if source is None:
-            source = RegionSource(
-                TissuePredictor(predictor, tissue, bar), reader, opts.proc_mpp, opts.batch_size
-            )
+            batch = opts.infer.batch_size
+            source = RegionSource(TissuePredictor(predictor, tissue, bar), reader, opts.proc_mpp, batch)
         else:
             source.bar = bar
-        sctx = StitchContext(W, H, f, predictor.arch, opts.postproc, opts.type_info, str(part_dir))
-        results = _run_regions(source, todo, tissue, sctx, opts, pool, workers, stages)
+        stages = dict.fromkeys(("wait_read", "predict", "wait_postproc"), 0.0)
+        f = opts.proc_mpp / reader.mpp
+        sctx = StitchContext(*sl.size, f, predictor.arch, opts.postproc, opts.type_info, str(sl.part_dir))
+        results = _run_regions(source, todo, tissue, sctx, opts, pool, stages, sl.name)
         stages["postproc_worker"] = sum(r.seconds for r in results)
         bar.close()
         oversize = sum(r.oversize for r in results)
         if oversize:
             log.warning(
-                "%s: %d crypts wider than the margin were dropped; increase margin_um", name, oversize
+                "%s: %d crypts wider than the margin were dropped; increase margin_um", sl.name, oversize
             )
-
         t_merge = time.perf_counter()
         thumb = reader.thumbnail(reader.overview_mpp(opts.overlay_max_side))
         types = merge_outputs(
-            slide_dir,
-            name,
-            part_dir,
-            [r.index for r in regions],
-            opts.type_info,
-            reader.mpp,
-            thumb,
-            thumb.shape[1] / reader.dimensions[0],
-        )
+            sl.slide_dir, sl.name, sl.part_dir, [r.index for r in regions], opts.type_info,
+            reader.mpp, thumb, thumb.shape[1] / reader.dimensions[0],
+        )  # fmt: skip
     stages["merge_outputs"] = time.perf_counter() - t_merge
     res = SlideResult(
-        slide=name,
+        slide=sl.name,
         types=types,
         total=sum(types.values()),
         tissue_area_mm2=area_mm2,
@@ -302,10 +259,77 @@ def process_slide(
         seconds=round(time.perf_counter() - t0, 3),
         stages={k: round(v, 2) for k, v in stages.items()},
     )
-    log.info("%s: stage seconds %s", name, res.stages)
-    atomic_write_text(done_file, res.to_json())
-    shutil.rmtree(part_dir, ignore_errors=True)
+    log.info("%s: stage seconds %s", sl.name, res.stages)
+    atomic_write_text(sl.slide_dir / "done.json", res.to_json())
+    shutil.rmtree(sl.part_dir, ignore_errors=True)
     return res
+
+
+def _open_slide(
+    reader: SlideReader, out_dir: Path, predictor: Any, opts: WsiOptions, mask_path: Path | None
+) -> _Slide:
+    """Tissue mask (warning when empty) and the margin of the regions, in processing px."""
+    mask, thumb_mpp = tissue_mask(reader, opts, mask_path)
+    if not mask.any():  # a count of 0 must not look like a slide without crypts
+        log.warning(
+            "%s: no tissue found (%s); nothing is segmented. Check the slide, or give a tissue "
+            "mask with --input_mask_dir",
+            reader.name,
+            "the supplied mask is empty" if mask_path else "automatic mask: Otsu on saturation",
+        )
+    inp, out = predictor.input_size, predictor.output_size
+    if opts.infer.tile_cache:  # tiles see real context everywhere: only the model's own context is added
+        ctx = int(getattr(predictor, "context", (inp - out) // 2))
+        inp = out + 2 * ctx
+    margin = margin_pixels(opts.infer.margin_um, opts.proc_mpp, inp, out)
+    size = reader.size_at(opts.proc_mpp)
+    return _Slide(reader, out_dir / reader.name, size, mask, _mpp_label(reader, thumb_mpp), margin)
+
+
+def _start_or_resume(sl: _Slide, manifest: dict, resume: bool) -> SlideResult | None:
+    """Keep the committed regions of an interrupted run with the same settings, or start afresh.
+
+    Returns the stored result when the slide was already finished with these settings.
+    """
+    done_file, man_file = sl.slide_dir / "done.json", sl.slide_dir / "manifest.json"
+    old = json.loads(man_file.read_text()) if resume and man_file.is_file() else None
+    if old is not None and old != manifest:
+        log.warning("%s: settings or slide changed since the interrupted run; starting it again", sl.name)
+        old = None
+    if old is not None and done_file.is_file():
+        log.info("%s: already finished, skipped (--resume)", sl.name)
+        shutil.rmtree(sl.part_dir, ignore_errors=True)
+        return SlideResult.from_json(done_file.read_text())
+    if old is None:
+        shutil.rmtree(sl.part_dir, ignore_errors=True)
+        done_file.unlink(missing_ok=True)
+    sl.part_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(man_file, json.dumps(manifest, indent=1, sort_keys=True))
+    return None
+
+
+def _plan_source(
+    sl: _Slide,
+    predictor: Any,
+    opts: WsiOptions,
+    tissue: TissueIndex,
+    regions: list[Region],
+    todo: list[Region],
+) -> tuple[CachedSource | None, list[Region], int, int]:
+    """The slide-level tile cache (or ``None``: per-region prediction), the regions in processing
+    order, and the tissue tiles of the whole slide and of the regions still to do."""
+    out = predictor.output_size
+    if opts.infer.tile_cache:
+        todo = processing_order(todo, *sl.size)
+        ctx = (predictor.input_size - out) // 2
+        plan = TilePlan.build(todo, out, ctx, tissue)
+        tiles_total = TilePlan.build(regions, out, ctx, tissue).n_tiles
+        source = CachedSource(predictor, plan, sl.reader, sl.size, opts.proc_mpp, opts.infer.batch_size)
+        return source, todo, tiles_total, plan.n_tiles
+    n_tiles = {
+        r.index: sum(tissue.near(x, y, x + out, y + out) for x, y in tiles_in(r, out)) for r in regions
+    }
+    return None, todo, sum(n_tiles.values()), sum(n_tiles[r.index] for r in todo)
 
 
 def _run_regions(
@@ -315,30 +339,31 @@ def _run_regions(
     ctx: StitchContext,
     opts: WsiOptions,
     pool: Executor | None,
-    workers: int,
     stages: dict[str, float],
+    slide: str = "",
 ) -> list[RegionResult]:
     """The streaming pipeline: reader thread -> network (this thread) -> post-processing pool.
 
     ``source`` (:class:`RegionSource` or :class:`CachedSource`) reads a region's pixels in the
-    reader thread and turns them into maps here. ``stages`` accumulates where the main thread
-    spent its time (see ``SlideResult.stages``).
+    reader thread and turns them into maps here. At most ``infer.postproc_workers`` regions
+    wait for post-processing. ``stages`` accumulates where the main thread spent its time
+    (see ``SlideResult.stages``).
     """
-    q: queue.Queue = queue.Queue(maxsize=max(1, opts.prefetch))
+    q: queue.Queue = queue.Queue(maxsize=max(1, opts.infer.prefetch))
     stop = threading.Event()
     th = threading.Thread(target=_reader_thread, args=(source, todo, q, stop), daemon=True)
     th.start()
     pending: deque[Future | RegionResult] = deque()
     results: list[RegionResult] = []
     clock = time.perf_counter
+    workers = max(0, opts.infer.postproc_workers)
 
     def commit(item: Future | RegionResult) -> None:
         t = clock()
         results.append(item.result() if isinstance(item, Future) else item)
         stages["wait_postproc"] += clock() - t
-        opts._committed[0] += 1
-        if opts.stop_after_chunks is not None and opts._committed[0] >= opts.stop_after_chunks:
-            raise RunInterrupted(f"stopped after {opts._committed[0]} chunks (test hook)")
+        if opts.on_region_committed is not None:
+            opts.on_region_committed(slide, results[-1].index)
 
     try:
         while True:
@@ -361,7 +386,7 @@ def _run_regions(
             else:
                 pending.append(pool.submit(postprocess_region, region, maps, ctx, tissue.crop(region.ext)))
             del maps
-            while len(pending) > max(0, workers):
+            while len(pending) > workers:
                 commit(pending.popleft())
         while pending:
             commit(pending.popleft())

@@ -11,8 +11,8 @@ locks). ``--ray`` runs the slides as Ray tasks (:mod:`hovercrypt.infer.cohort`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,22 +20,15 @@ from typing import Any
 
 from tqdm import tqdm
 
+from hovercrypt.errors import USER_ERROR_EXIT, InputError, UserError
+from hovercrypt.infer.options import check_args, float_opt, load_predictor
 from hovercrypt.infer.slide_jobs import Busy, SlideBook, SlideJob, find_mask, make_pool, run_slide_job
-from hovercrypt.infer.tile_cli import (
-    _float_opt,
-    _int_opt,
-    load_predictor,
-    prepare_output_dir,
-    resolve_type_info,
-)
+from hovercrypt.infer.tile_cli import prepare_output_dir, resolve_type_info
 from hovercrypt.infer.wsi import WsiOptions
 from hovercrypt.infer.wsi_outputs import SlideResult, write_run_report
-from hovercrypt.io.images import InputError
 from hovercrypt.io.slide import SLIDE_EXTS
 
 log = logging.getLogger("hovercrypt.wsi")
-#: test hook for the resume test of the CLI: stop (like a kill) after this many committed chunks.
-STOP_ENV = "HOVERCRYPT_STOP_AFTER_CHUNKS"
 __all__ = ["find_mask", "list_slides", "make_pool", "run_wsi", "run_wsi_cli"]  # re-exported helpers
 
 
@@ -57,7 +50,6 @@ def run_wsi(
     opts: WsiOptions,
     mask_dir: str | Path | None = None,
     resume: bool = False,
-    workers: int = 2,
     pool_kind: str = "thread",
 ) -> list[SlideResult]:
     """Process ``slides`` one after another; per-slide errors become ``status = error: ...`` rows.
@@ -65,11 +57,12 @@ def run_wsi(
     A slide locked by another process (a concurrent run on the same ``out_dir``) is put off:
     the others are done first, then the run waits for that lock and takes the other run's
     result from disk if it finished after this run started. Results come in input order.
+    ``opts.infer.postproc_workers`` threads (or processes, ``pool_kind``) post-process regions.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    book = SlideBook(slides, out_dir, opts, mask_dir, resume, workers, predictor.nr_types)
-    pool = make_pool(workers, pool_kind)
+    book = SlideBook(slides, out_dir, opts, mask_dir, resume, predictor.nr_types)
+    pool = make_pool(opts.infer.postproc_workers, pool_kind)
     try:
         with tqdm(total=len(slides), desc="slides", unit="slide", disable=not opts.progress) as bar:
             bar.update(len(book.early))
@@ -120,8 +113,8 @@ def _setup_logging(out_dir: Path) -> list[logging.Handler]:
 
 
 def resolve_proc_mpp(args: Mapping[str, Any], model_mpp: float) -> float:
-    mpp = _float_opt(args, "--proc_mpp")
-    mag = _float_opt(args, "--proc_mag")
+    mpp = float_opt(args, "--proc_mpp")
+    mag = float_opt(args, "--proc_mag")
     if mag is not None:
         mpp = 10.0 / mag
     if mpp is None:
@@ -137,7 +130,7 @@ def run_wsi_cli(args: Mapping[str, Any]) -> int:
         out_dir = prepare_output_dir(args["--output_dir"])
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return USER_ERROR_EXIT
     handlers = _setup_logging(out_dir)
     try:
         return _run(args, out_dir)
@@ -145,6 +138,22 @@ def run_wsi_cli(args: Mapping[str, Any]) -> int:
         for h in handlers:
             log.removeHandler(h)
             h.close()
+
+
+def wsi_options(args: Mapping[str, Any], predictor: Any) -> WsiOptions:
+    """The run's options: the predictor's config (command line already written into it) and what
+    only the slides' run knows (processing resolution, type names, the model's fingerprint)."""
+    cfg = predictor.config
+    proc_mpp = resolve_proc_mpp(args, float(cfg.proc_mpp))
+    model_path = Path(predictor.model_path)
+    return WsiOptions(
+        proc_mpp=proc_mpp,
+        postproc=cfg.postproc.pixels(proc_mpp),
+        type_info=resolve_type_info(args.get("--type_info_path"), predictor.nr_types, cfg.type_info),
+        infer=dataclasses.replace(cfg.infer),
+        slide_mpp=float_opt(args, "--slide_mpp"),
+        model_id=f"{model_path.resolve()}:{model_path.stat().st_size}:{int(model_path.stat().st_mtime)}",
+    )
 
 
 def _run(args: Mapping[str, Any], out_dir: Path) -> int:
@@ -156,55 +165,33 @@ def _run(args: Mapping[str, Any], out_dir: Path) -> int:
         slides = list_slides(args["--input_dir"])
         if args.get("--input_mask_dir") and not Path(args["--input_mask_dir"]).is_dir():
             raise InputError(f"{args['--input_mask_dir']}: mask directory not found")
-        batch_size = _int_opt(args, "--batch_size", 8)
-        tile_shape = _int_opt(args, "--tile_shape", 2048)
-        workers = _int_opt(args, "--workers", 0, minimum=0)
+        check_args(args, wsi=True)
         ray_kw: dict[str, Any] | None = None
         if args.get("--ray") is not None:
             from hovercrypt.infer.cohort import import_ray, load_driver_predictor, ray_settings
 
             ray_kw = ray_settings(args)
             import_ray()  # before the model loads: a missing Ray is a one-line error at once
-            predictor, source = load_driver_predictor(args, batch_size)
+            predictor, source = load_driver_predictor(args)
         else:
-            predictor = load_predictor(args, batch_size)
-        cfg = predictor.config
-        proc_mpp = resolve_proc_mpp(args, float(cfg.proc_mpp))
-        type_info = resolve_type_info(args.get("--type_info_path"), predictor.nr_types)
-        model_path = Path(predictor.model_path)
-        stop = os.environ.get(STOP_ENV)
-        opts = WsiOptions(
-            proc_mpp=proc_mpp,
-            postproc=cfg.postproc.pixels(proc_mpp),
-            type_info=type_info,
-            tile_shape=tile_shape,
-            margin_um=cfg.infer.margin_um,
-            batch_size=batch_size,
-            tissue_thumb_mpp=cfg.infer.tissue_thumb_mpp,
-            min_tissue_area_um2=cfg.infer.min_tissue_area_um2,
-            prefetch=cfg.infer.prefetch,
-            tile_cache=bool(cfg.infer.tile_cache) and not args.get("--no_tile_cache"),
-            slide_mpp=_float_opt(args, "--slide_mpp"),
-            model_id=f"{model_path.resolve()}:{model_path.stat().st_size}:{int(model_path.stat().st_mtime)}",
-            stop_after_chunks=int(stop) if stop else None,
-        )
-    except (InputError, ValueError) as e:
+            predictor = load_predictor(args, wsi=True)
+        opts = wsi_options(args, predictor)
+    except (UserError, ValueError) as e:
         log.error("%s", e)
-        return 1
+        return USER_ERROR_EXIT
     mask_dir, resume = args.get("--input_mask_dir"), bool(args.get("--resume"))
     if ray_kw is not None:
         from hovercrypt.infer.cohort import run_cohort
 
         try:
-            results = run_cohort(
-                slides, out_dir, source, opts, predictor.nr_types, mask_dir, resume, workers, **ray_kw
-            )
+            nr_types = predictor.nr_types
+            results = run_cohort(slides, out_dir, source, opts, nr_types, mask_dir, resume, **ray_kw)
             write_run_report(out_dir, results, opts.type_info, predictor.nr_types)
         except InputError as e:  # Ray could not be started or reached
             log.error("%s", e)
-            return 1
+            return USER_ERROR_EXIT
     else:
-        results = run_wsi(slides, out_dir, predictor, opts, mask_dir, resume, workers)
+        results = run_wsi(slides, out_dir, predictor, opts, mask_dir, resume)
     failed = [r.slide for r in results if r.status != "ok"]
     if failed:
         log.error("%d of %d slide(s) failed: %s", len(failed), len(results), ", ".join(failed))

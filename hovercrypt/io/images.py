@@ -13,14 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from hovercrypt.errors import InputError
 from hovercrypt.io.atomic import atomic_write
 
 TIFF_EXTS = (".tif", ".tiff")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
-
-
-class InputError(ValueError):
-    """Bad user input; the message names the file and what is wrong."""
 
 
 def _read_array(path: Path, keep_palette: bool = False) -> np.ndarray:

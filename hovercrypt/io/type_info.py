@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 
 #: counts.csv columns besides the per-type counts (tile and wsi): a type of the same name would
 #: overwrite one of them.
@@ -99,3 +100,31 @@ def load_type_info(path: str | Path) -> TypeInfo:
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e})") from e
     return parse_type_info(data, str(path))
+
+
+#: the value of ``Config.type_info`` that means "the file shipped with hovercrypt"
+SHIPPED_NAME = "type_info.json"
+
+
+def shipped_type_info_path() -> Path:
+    """``hovercrypt/type_info.json``, package data: found the same way in a checkout, an editable
+    and a regular install, whatever the current folder."""
+    return Path(str(resources.files("hovercrypt").joinpath(SHIPPED_NAME)))
+
+
+def type_info_path(explicit: str | Path | None = None, configured: str | Path | None = None) -> Path:
+    """The one rule for which ``type_info.json`` is used.
+
+    ``explicit`` (``--type_info_path``) wins, then the config's ``type_info`` unless it is the
+    bare default name, then the shipped file. A path that is named but missing is an error:
+    a typo must not silently turn the type names into ``type1, type2``.
+    """
+    if explicit:
+        if not Path(explicit).is_file():
+            raise InputError(f"{explicit}: type info file (--type_info_path) not found")
+        return Path(explicit)
+    if configured and str(configured) != SHIPPED_NAME:
+        if not Path(configured).is_file():
+            raise InputError(f"{configured}: type info file (config type_info) not found")
+        return Path(configured)
+    return shipped_type_info_path()

@@ -13,13 +13,11 @@ falling into the same level are taken first-come-first-served, which matters
 only on near-ties; with the default 4096 levels the result matches
 scikit-image almost pixel for pixel (tests check this).
 
-``watershed_reference`` is a plain-Python twin with a float heap (exactly the
-heap rule), kept for tests on tiny arrays.
+Its plain-Python twin with a float heap (exactly the heap rule) lives in
+:mod:`hovercrypt.testing.reference`, for tests on tiny arrays.
 """
 
 from __future__ import annotations
-
-import heapq
 
 import numpy as np
 from numba import njit
@@ -363,26 +361,3 @@ def watershed(
             ids, lut = ids + 1, np.concatenate([[0], lut]).astype(np.int32)
     vrange = (float(vals.min()), float(vals.max()))
     return flood_prepared(energy, comp, keep, ids, lut, vrange, nlev)
-
-
-def watershed_reference(
-    energy: np.ndarray, markers: np.ndarray, mask: np.ndarray | None = None
-) -> np.ndarray:
-    """Plain-Python float-heap watershed with scikit-image's rule (for tests on small arrays)."""
-    energy = np.asarray(energy, np.float64)
-    h, w = energy.shape
-    inside = np.ones((h, w), bool) if mask is None else np.asarray(mask, bool)
-    out = np.where(inside, np.asarray(markers, np.int64), 0)
-    heap: list[tuple[float, int, int, int]] = []
-    for y, x in zip(*np.nonzero(out)):
-        heapq.heappush(heap, (float(energy[y, x]), 0, int(y), int(x)))
-    age = 0
-    while heap:
-        _, _, y, x = heapq.heappop(heap)
-        for dy, dx in ((-1, 0), (0, -1), (0, 1), (1, 0)):
-            yy, xx = y + dy, x + dx
-            if 0 <= yy < h and 0 <= xx < w and inside[yy, xx] and out[yy, xx] == 0:
-                out[yy, xx] = out[y, x]
-                age += 1
-                heapq.heappush(heap, (float(energy[yy, xx]), age, yy, xx))
-    return out.astype(np.int32)

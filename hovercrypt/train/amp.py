@@ -12,34 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from hovercrypt.config import ConfigError
-from hovercrypt.models.precision import cpu_bf16_pays_off
+# one implementation each, shared with inference; imported here for the training loop and CLI
+from hovercrypt.devices import parse_gpus
+from hovercrypt.models.precision import cpu_bf16_pays_off, resolve_amp
 
-
-def resolve_amp(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.amp`` on ``device`` (None = full fp32).
-
-    ``auto`` picks bf16 on GPUs that support it, else fp16 (with a GradScaler); on
-    the CPU bf16 only with AMX, else fp32 (see :mod:`hovercrypt.models.precision`).
-    """
-    if amp == "none":
-        return None
-    if device.type == "cuda":
-        if amp == "fp16":
-            return torch.float16
-        bf16_ok = torch.cuda.is_bf16_supported()
-        if amp == "bf16":
-            if not bf16_ok:
-                raise ConfigError("train.amp='bf16' but this GPU has no bf16 support; use 'fp16' or 'auto'")
-            return torch.bfloat16
-        return torch.bfloat16 if bf16_ok else torch.float16
-    if amp == "fp16":
-        raise ConfigError("train.amp='fp16' needs a CUDA GPU; on the CPU use 'bf16', 'auto' or 'none'")
-    if amp == "bf16":
-        return torch.bfloat16
-    if amp == "auto":
-        return torch.bfloat16 if cpu_bf16_pays_off() else None
-    raise ConfigError(f"train.amp must be auto/bf16/fp16/none, got {amp!r}")
+__all__ = ["Precision", "cpu_bf16_pays_off", "parse_gpus", "resolve_amp"]
 
 
 @dataclass
@@ -75,16 +52,3 @@ class Precision:
             self.scaler.step(optimizer)
             self.scaler.update()
             optimizer.zero_grad(set_to_none=True)
-
-
-def parse_gpus(spec: str | None) -> list[int]:
-    """``"0"`` -> [0], ``"0,1"`` -> [0, 1], ``""``/None -> [] (CPU)."""
-    if spec is None or not str(spec).strip():
-        return []
-    try:
-        ids = [int(s) for s in str(spec).split(",") if s.strip()]
-    except ValueError as e:
-        raise ConfigError(f"--gpu must be a comma-separated list of GPU ids, got {spec!r}") from e
-    if any(i < 0 for i in ids) or len(set(ids)) != len(ids):
-        raise ConfigError(f"--gpu ids must be distinct and >= 0, got {spec!r}")
-    return ids
