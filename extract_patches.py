@@ -35,7 +35,7 @@ from docopt import docopt
 
 from hovercrypt.config import ConfigError
 from hovercrypt.data.patches import extract_patches
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.presets import load_config
 
 #: CLI option -> (section, field, type)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import runpy
 from pathlib import Path
 
@@ -22,21 +23,29 @@ from hovercrypt.config import (
     TrainConfig,
 )
 
-#: the ImageNet ResNet50 of ../shared (torchvision layout), the encoder initialisation of the shipped model
-SHARED_RESNET50 = "../shared/weights/resnet50_imagenet_msra.pth"
+#: environment variable naming the folder that holds the datasets (``glas/train``, ``hubmap_crypts``)
+DATA_ENV = "HOVERCRYPT_DATA"
+#: its default: the layout of a development checkout, with the data beside the repository
+DEFAULT_DATA_ROOT = "../shared/data"
 
 
-def hubmap_source(root: str | Path = "../shared/data/hubmap_crypts") -> SourceConfig:
+def data_root() -> Path:
+    """``$HOVERCRYPT_DATA``, else ``../shared/data``: where the presets look for their datasets."""
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_ROOT)
+
+
+def hubmap_source(root: str | Path | None = None) -> SourceConfig:
     """HuBMAP full-thickness normal colon (two quarter images, 45 crypts, another lab and stain).
 
     Its crypts are normal colonic crypts, so they are typed benign (1); everything else in
     the section (muscle, submucosa, fat) is background, which is what GlaS cannot teach.
     The bottom-right quarter is held out whole for validation (a region split: both
     quarters come from one section, so a random split of windows would leak).
+    ``root`` defaults to ``<data_root()>/hubmap_crypts``.
     """
     return SourceConfig(
         name="hubmap",
-        image_dir=str(root),
+        image_dir=str(root if root is not None else data_root() / "hubmap_crypts"),
         anno_suffix="_anno",
         type_source="fixed",
         fixed_type=1,
@@ -71,10 +80,7 @@ def real_slide_recipe() -> TrainConfig:
     )
 
 
-def glas_hubmap_config(
-    glas_root: str | Path = "../shared/data/glas/train",
-    hubmap_root: str | Path = "../shared/data/hubmap_crypts",
-) -> Config:
+def glas_hubmap_config(glas_root: str | Path | None = None, hubmap_root: str | Path | None = None) -> Config:
     """GlaS + HuBMAP crypts, random crops, stain and scale augmentation, `fast` ResNet50 HoVer-Net."""
     base = glas_config(glas_root)
     data = dataclasses.replace(
@@ -83,14 +89,15 @@ def glas_hubmap_config(
     return dataclasses.replace(base, name="glas_hubmap", data=data)
 
 
-def glas_config(root: str | Path = "../shared/data/glas/train") -> Config:
+def glas_config(root: str | Path | None = None) -> Config:
     """Ready configuration for the GlaS training set (two types: benign, malignant).
 
     GlaS is scanned at 0.465 um/px; processing at 0.93 um/px (an exact 2x
     downsample) puts a typical gland (100-250 um) inside the 256 px input window.
     Training uses random crops of the whole images and the real-slide recipe.
+    ``root`` defaults to ``<data_root()>/glas/train``.
     """
-    root = str(root)
+    root = str(root if root is not None else data_root() / "glas" / "train")
     return Config(
         name="glas",
         proc_mpp=0.93,

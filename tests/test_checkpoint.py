@@ -10,7 +10,7 @@ import torch
 
 import hovercrypt
 from hovercrypt.config import Config, ConfigError, ModelConfig
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.models import build_model
 from hovercrypt.models.checkpoint import (
     default_model_path,

@@ -229,7 +229,7 @@ def test_bmp_glas_layout_shape_mismatch_and_unwritable_out(tmp_path, capsys):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path, capsys):
-    from hovercrypt.io.images import InputError
+    from hovercrypt.errors import InputError
     from hovercrypt.metrics.labels_io import read_label_file, read_types_csv
 
     scipy.io.savemat(tmp_path / "b.mat", {"label": np.zeros((3, 3))})

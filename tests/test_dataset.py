@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from hovercrypt.config import AugmentConfig, Config, DataConfig, ModelConfig, TrainConfig
 from hovercrypt.data.dataset import PatchDataset
 from hovercrypt.data.targets import center_crop, hv_maps, seg_target
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.testing.synthetic import random_ellipses
 
 P = 300  # patch; the "original" mode network window is 270 -> 80

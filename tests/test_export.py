@@ -176,7 +176,7 @@ def test_overlay_draws_type_colours(layout):
 @pytest.mark.parametrize("key", ["01", " 1", "1 ", "+1"])
 def test_type_info_rejects_non_canonical_ids(key):
     """Keys that parse as 1 but are spelled otherwise are a clear error, not a KeyError."""
-    from hovercrypt.io.images import InputError
+    from hovercrypt.errors import InputError
     from hovercrypt.io.type_info import parse_type_info
 
     data = {"0": ["background", [0, 0, 0]], key: ["benign", [0, 200, 0]]}
@@ -189,7 +189,7 @@ def test_type_info_rejects_non_canonical_ids(key):
 )
 def test_type_info_rejects_names_of_counts_columns(name, tmp_path):
     """A type called e.g. "total" would overwrite that counts.csv column."""
-    from hovercrypt.io.images import InputError
+    from hovercrypt.errors import InputError
     from hovercrypt.io.type_info import load_type_info
 
     path = tmp_path / "ti.json"

@@ -191,8 +191,8 @@ def test_cli_helpers_give_clear_errors(tmp_path, capsys):
     import json
 
     from hovercrypt.devices import resolve_device
+    from hovercrypt.errors import InputError
     from hovercrypt.infer.tile_cli import resolve_type_info
-    from hovercrypt.io.images import InputError
 
     assert resolve_device("") == "cpu"
     assert "CPU" in capsys.readouterr().err

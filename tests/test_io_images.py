@@ -9,7 +9,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from hovercrypt.io.images import InputError, read_label, read_rgb
+from hovercrypt.errors import InputError
+from hovercrypt.io.images import read_label, read_rgb
 from hovercrypt.io.type_info import load_type_info
 
 

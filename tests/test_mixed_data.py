@@ -15,7 +15,7 @@ from hovercrypt.data.augment import hed_jitter
 from hovercrypt.data.crops import CropDataset, mirror_crop
 from hovercrypt.data.patches import extract_patches, mirror_pad
 from hovercrypt.data.readers import list_records
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.models.losses import hovernet_loss
 from hovercrypt.train.optim import make_optimizer
 

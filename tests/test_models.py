@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from hovercrypt.config import ConfigError, ModelConfig
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.models import build_model, count_parameters
 from hovercrypt.models.decoder import DecoderBranch
 from hovercrypt.models.encoder import build_encoder, load_pretrained_encoder

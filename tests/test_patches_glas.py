@@ -14,11 +14,13 @@ from PIL import Image
 from scipy import ndimage
 from torch.utils.data import DataLoader
 
+from hovercrypt.config import DataConfig
 from hovercrypt.data.dataset import PatchDataset
 from hovercrypt.data.patches import PatchFilter, mirror_pad, read_manifest, window_starts
 from hovercrypt.data.resample import resize_image, resize_labels, scale_shape
 from hovercrypt.data.split import patient_split
-from hovercrypt.io.images import InputError, read_label, read_rgb
+from hovercrypt.errors import InputError
+from hovercrypt.io.images import read_label, read_rgb
 from hovercrypt.presets import glas_config
 
 _script = Path(__file__).parents[1] / "extract_patches.py"
@@ -76,7 +78,7 @@ def test_mirror_pad_gives_mirrored_glands_new_ids():
 
 
 def test_patch_filter_reasons():
-    f = PatchFilter(max_blank_fraction=0.5, min_annotated_fraction=0.1)
+    f = PatchFilter(DataConfig(max_blank_fraction=0.5, min_annotated_fraction=0.1))
     rgb = np.full((10, 10, 3), 128, np.uint8)
     inst = np.zeros((10, 10), np.int32)
     assert f.reason(rgb, inst) == "unannotated"

@@ -15,7 +15,7 @@ from PIL import Image
 from hovercrypt.config import Config, DataConfig, ModelConfig
 from hovercrypt.data.readers import iter_samples, list_records, majority_types
 from hovercrypt.data.resample import resize_image, resize_labels, scale_shape
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.io.type_info import TypeInfo
 from hovercrypt.testing.synthetic import random_ellipses, render_he
 

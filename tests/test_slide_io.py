@@ -7,7 +7,8 @@ import openslide
 import pytest
 import tifffile
 
-from hovercrypt.io.images import InputError, write_png
+from hovercrypt.errors import InputError
+from hovercrypt.io.images import write_png
 from hovercrypt.io.slide import SlideReader, _area_matrix
 from hovercrypt.testing.slides import STROMA, random_layout, render_tile, write_layout_slide
 

@@ -25,7 +25,7 @@ import numpy as np
 from hovercrypt.config import Config
 from hovercrypt.data.dataset import PatchDataset
 from hovercrypt.data.patches import mirror_pad, reflect_index
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 
 
 def load_image_array(path: Path) -> np.ndarray:

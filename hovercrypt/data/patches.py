@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from hovercrypt.config import Config, SourceConfig
+from hovercrypt.config import Config, DataConfig, SourceConfig
 from hovercrypt.data.readers import Sample, iter_samples, list_records
 from hovercrypt.data.split import patient_split
+from hovercrypt.errors import InputError
 from hovercrypt.io.atomic import atomic_save_npy, atomic_write_text
-from hovercrypt.io.images import InputError
 
 MANIFEST_COLUMNS = ("file", "source", "x", "y", "patient", "size", "mpp")
 IMAGE_MANIFEST_COLUMNS = (
@@ -135,40 +135,33 @@ def window_starts(n: int, win: int, step: int, tiling: str) -> tuple[list[int], 
     raise ValueError(f"tiling must be 'mirror' or 'valid', got {tiling!r}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PatchFilter:
-    """Which patches to keep; see DataConfig for the meaning of each field."""
+    """Which patches to keep: the thresholds of ``data`` (see DataConfig for each) and whether
+    the source keeps patches without annotation. A view, so no default is repeated here."""
 
+    data: DataConfig
     keep_unannotated: bool = False
-    min_annotated_fraction: float = 0.0
-    max_blank_fraction: float = 0.8
-    white_level: int = 220
-    black_level: int = 25
-    min_valid_fraction: float = 0.5
 
     @classmethod
     def from_config(cls, cfg: Config, source: SourceConfig | None = None) -> PatchFilter:
-        d = cfg.data
-        keep = (source or d).keep_unannotated
-        return cls(
-            keep, d.min_annotated_fraction, d.max_blank_fraction, d.white_level, d.black_level,
-            d.min_valid_fraction,
-        )
+        return cls(cfg.data, (source or cfg.data).keep_unannotated)
 
     def reason(self, rgb: np.ndarray, inst: np.ndarray, valid: np.ndarray | None = None) -> str | None:
         """Why the patch is dropped (``None`` = keep). Fractions count valid pixels only."""
+        d = self.data
         n = inst.size if valid is None else int(np.count_nonzero(valid))
-        if valid is not None and n < self.min_valid_fraction * inst.size:
+        if valid is not None and n < d.min_valid_fraction * inst.size:
             return "invalid_pixels"
         fg = float(np.count_nonzero(inst)) / max(n, 1)
         if fg == 0.0 and not self.keep_unannotated:
             return "unannotated"
-        if fg < self.min_annotated_fraction and not (fg == 0.0 and self.keep_unannotated):
+        if fg < d.min_annotated_fraction and not (fg == 0.0 and self.keep_unannotated):
             return "little_annotation"
-        blank = np.all(rgb >= self.white_level, axis=2) | np.all(rgb <= self.black_level, axis=2)
+        blank = np.all(rgb >= d.white_level, axis=2) | np.all(rgb <= d.black_level, axis=2)
         if valid is not None:
             blank &= valid
-        if float(np.count_nonzero(blank)) / max(n, 1) > self.max_blank_fraction:
+        if float(np.count_nonzero(blank)) / max(n, 1) > d.max_blank_fraction:
             return "blank"
         return None
 

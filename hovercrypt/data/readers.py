@@ -17,7 +17,6 @@ Everything is checked once here so training never meets a malformed sample.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,10 @@ from scipy import ndimage
 from hovercrypt.config import Config, SourceConfig
 from hovercrypt.data.resample import resample_pair
 from hovercrypt.data.targets import compact_ids
-from hovercrypt.io.images import IMAGE_EXTS, InputError, as_label, read_label, read_rgb
+from hovercrypt.errors import InputError
+from hovercrypt.io.images import IMAGE_EXTS, read_label, read_rgb
+from hovercrypt.io.labels import LABEL_IMAGE_EXTS, csv_type, mat_label, read_image_csv, read_mat, type_lookup
 from hovercrypt.io.type_info import TypeInfo, load_type_info
-
-LABEL_EXTS = (".png", ".tif", ".tiff", ".bmp")  # .bmp: the original GlaS release
 
 
 @dataclass
@@ -69,26 +68,6 @@ def _find_with_suffix(folder: Path, stem: str, suffix: str, exts: tuple[str, ...
     return None
 
 
-def _read_csv(cfg: SourceConfig) -> dict[str, dict[str, str]]:
-    path = Path(cfg.type_csv or "")
-    if not path.is_file():
-        raise InputError(f"{path}: type CSV not found (data.type_csv)")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = reader.fieldnames or []
-        if cfg.type_csv_name_column not in header:
-            raise InputError(f"{path}: no column {cfg.type_csv_name_column!r} (columns: {header})")
-        if cfg.type_source == "csv" and cfg.type_csv_type_column not in header:
-            raise InputError(f"{path}: no column {cfg.type_csv_type_column!r} (columns: {header})")
-        rows = {}
-        for i, row in enumerate(reader, start=2):
-            name = (row.get(cfg.type_csv_name_column) or "").strip()
-            if not name:
-                raise InputError(f"{path}: line {i} has an empty {cfg.type_csv_name_column!r}")
-            rows[Path(name).stem] = row
-    return rows
-
-
 def list_records(cfg: SourceConfig) -> list[ImageRecord]:
     """Find every image of the dataset with its label/type files; raise on anything missing."""
     folder = Path(cfg.image_dir)
@@ -97,6 +76,29 @@ def list_records(cfg: SourceConfig) -> list[ImageRecord]:
     label_dir = Path(cfg.label_dir) if cfg.label_dir else folder
     if not label_dir.is_dir():
         raise InputError(f"{label_dir}: label folder not found (data.label_dir)")
+    images = _list_images(folder, cfg)
+    rows = None
+    if cfg.type_csv:
+        needed = (cfg.type_csv_type_column,) if cfg.type_source == "csv" else ()
+        rows = read_image_csv(cfg.type_csv, cfg.type_csv_name_column, needed, "type CSV (data.type_csv)")
+    records = []
+    for img in images:
+        label = _find_label(img, label_dir, cfg)
+        type_path = _find_type_path(img, label_dir, cfg)
+        if label is None and cfg.type_source != "color":  # a class mask can stand in for the labels
+            ext = ".mat" if cfg.label_format == "mat" else ".png or .tif"
+            want = f"{label_dir / img.stem}{cfg.anno_suffix}{ext}"
+            raise InputError(f"{img}: missing annotation (expected {want})")
+        image_type, patient = _csv_fields(img, rows, cfg)
+        if cfg.type_source == "fixed":
+            image_type = int(cfg.fixed_type)
+        valid_path = _find_valid(img, label_dir, cfg)
+        records.append(ImageRecord(img.stem, img, label, type_path, image_type, patient, valid_path))
+    return records
+
+
+def _list_images(folder: Path, cfg: SourceConfig) -> list[Path]:
+    """The images of a dataset folder: files with an image extension that are not label files."""
     own = (cfg.anno_suffix, cfg.type_map_suffix, cfg.class_mask_suffix, cfg.valid_suffix)
     suffixes = [s for s in own if s]
     images = sorted(
@@ -109,79 +111,74 @@ def list_records(cfg: SourceConfig) -> list[ImageRecord]:
     )
     if not images:
         raise InputError(f"{folder}: no images found (extensions {IMAGE_EXTS})")
-    rows = _read_csv(cfg) if cfg.type_csv else None
-    records = []
-    for img in images:
-        stem = img.stem
-        if cfg.label_format == "mat":
-            label = _find_with_suffix(label_dir, stem, cfg.anno_suffix, (".mat",)) or _find_with_suffix(
-                label_dir, stem, "", (".mat",)
+    return images
+
+
+def _find_label(img: Path, label_dir: Path, cfg: SourceConfig) -> Path | None:
+    """The instance map of ``img`` (``<stem><anno_suffix>``; a ``.mat`` file may also be ``<stem>.mat``)."""
+    stem = img.stem
+    if cfg.label_format == "mat":
+        label = _find_with_suffix(label_dir, stem, cfg.anno_suffix, (".mat",))
+        return label or _find_with_suffix(label_dir, stem, "", (".mat",))
+    return _find_with_suffix(label_dir, stem, cfg.anno_suffix, LABEL_IMAGE_EXTS)
+
+
+def _find_type_path(img: Path, label_dir: Path, cfg: SourceConfig) -> Path | None:
+    """The per-pixel type map (``type_map``) or the colour-coded class mask (``color``) of ``img``."""
+    stem = img.stem
+    if cfg.type_source == "type_map" and cfg.label_format != "mat":  # a .mat file holds its type_map
+        type_path = _find_with_suffix(label_dir, stem, cfg.type_map_suffix, LABEL_IMAGE_EXTS)
+        if type_path is None:
+            want = label_dir / f"{stem}{cfg.type_map_suffix}.png"
+            raise InputError(f"{img}: missing type map (expected {want} or .tif)")
+        return type_path
+    if cfg.type_source == "color":
+        type_path = _find_with_suffix(label_dir, stem, cfg.class_mask_suffix, LABEL_IMAGE_EXTS)
+        if type_path is None:
+            want = label_dir / (stem + cfg.class_mask_suffix)
+            raise InputError(f"{img}: missing class mask {want}.png/.tif")
+        return type_path
+    return None
+
+
+def _csv_fields(
+    img: Path, rows: dict[str, dict[str, str]] | None, cfg: SourceConfig
+) -> tuple[int | None, str | None]:
+    """(image type, patient) of ``img`` from the per-image CSV; an image without a row is an error."""
+    if rows is None:
+        return None, None
+    row = rows.get(img.stem)
+    if row is None:
+        column = cfg.type_csv_name_column
+        raise InputError(f"{cfg.type_csv}: no row for image {img.name!r} (column {column!r})")
+    image_type = None
+    if cfg.type_source == "csv":
+        value = (row.get(cfg.type_csv_type_column) or "").strip()
+        image_type = csv_type(value, type_lookup(cfg.type_csv_map))
+        if image_type is None:
+            raise InputError(
+                f"{cfg.type_csv}: image {img.stem!r} has {cfg.type_csv_type_column}={value!r}, "
+                f"not in data.type_csv_map {sorted(cfg.type_csv_map)}"
             )
-        else:
-            label = _find_with_suffix(label_dir, stem, cfg.anno_suffix, LABEL_EXTS)
-        type_path = None
-        if cfg.type_source == "type_map" and not (cfg.label_format == "mat"):
-            type_path = _find_with_suffix(label_dir, stem, cfg.type_map_suffix, LABEL_EXTS)
-            if type_path is None:
-                want = label_dir / f"{stem}{cfg.type_map_suffix}.png"
-                raise InputError(f"{img}: missing type map (expected {want} or .tif)")
-        if cfg.type_source == "color":
-            type_path = _find_with_suffix(label_dir, stem, cfg.class_mask_suffix, LABEL_EXTS)
-            if type_path is None:
-                raise InputError(
-                    f"{img}: missing class mask {label_dir / (stem + cfg.class_mask_suffix)}.png/.tif"
-                )
-        elif label is None:
-            ext = ".mat" if cfg.label_format == "mat" else ".png or .tif"
-            raise InputError(f"{img}: missing annotation (expected {label_dir / stem}{cfg.anno_suffix}{ext})")
-        image_type = patient = None
-        if rows is not None:
-            row = rows.get(stem)
-            if row is None:
-                raise InputError(
-                    f"{cfg.type_csv}: no row for image {img.name!r} (column {cfg.type_csv_name_column!r})"
-                )
-            if cfg.type_source == "csv":
-                value = (row.get(cfg.type_csv_type_column) or "").strip()
-                if value not in cfg.type_csv_map:
-                    raise InputError(
-                        f"{cfg.type_csv}: image {stem!r} has {cfg.type_csv_type_column}={value!r}, "
-                        f"not in data.type_csv_map {sorted(cfg.type_csv_map)}"
-                    )
-                image_type = int(cfg.type_csv_map[value])
-            if cfg.patient_column and cfg.patient_column in row:
-                patient = (row[cfg.patient_column] or "").strip() or None
-        valid_path = None
-        if cfg.valid_suffix:
-            valid_path = _find_with_suffix(label_dir, stem, cfg.valid_suffix, LABEL_EXTS)
-            valid_path = valid_path or _find_with_suffix(folder, stem, cfg.valid_suffix, LABEL_EXTS)
-            if valid_path is None:
-                raise InputError(
-                    f"{img}: missing valid-pixel mask {folder / (stem + cfg.valid_suffix)}.png "
-                    f"(data valid_suffix={cfg.valid_suffix!r})"
-                )
-        if cfg.type_source == "fixed":
-            image_type = int(cfg.fixed_type)
-        records.append(ImageRecord(stem, img, label, type_path, image_type, patient, valid_path))
-    return records
+    patient = None
+    if cfg.patient_column and cfg.patient_column in row:
+        patient = (row[cfg.patient_column] or "").strip() or None
+    return image_type, patient
 
 
-def _read_mat(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    import scipy.io
-
-    try:
-        mat = scipy.io.loadmat(str(path))
-    except Exception as e:  # scipy raises several types for corrupt / non-mat files
-        raise InputError(f"{path}: cannot be read as a .mat file ({type(e).__name__}: {e})") from e
-    if "inst_map" not in mat:
-        keys = sorted(k for k in mat if not k.startswith("__"))
-        raise InputError(f"{path}: no 'inst_map' variable (found {keys})")
-    inst = as_label(np.asarray(mat["inst_map"]), f"{path}:inst_map")
-    tmap = as_label(np.asarray(mat["type_map"]), f"{path}:type_map") if "type_map" in mat else None
-    for name, arr in (("inst_map", inst), ("type_map", tmap)):
-        if arr is not None and arr.ndim != 2:
-            raise InputError(f"{path}: {name} must be 2-D, got shape {arr.shape}")
-    return inst, tmap
+def _find_valid(img: Path, label_dir: Path, cfg: SourceConfig) -> Path | None:
+    """The valid-pixel mask of ``img`` (beside the labels or the image) when the source asks for one."""
+    if not cfg.valid_suffix:
+        return None
+    stem = img.stem
+    valid_path = _find_with_suffix(label_dir, stem, cfg.valid_suffix, LABEL_IMAGE_EXTS)
+    valid_path = valid_path or _find_with_suffix(img.parent, stem, cfg.valid_suffix, LABEL_IMAGE_EXTS)
+    if valid_path is None:
+        raise InputError(
+            f"{img}: missing valid-pixel mask {img.parent / (stem + cfg.valid_suffix)}.png "
+            f"(data valid_suffix={cfg.valid_suffix!r})"
+        )
+    return valid_path
 
 
 def majority_types(inst: np.ndarray, tmap: np.ndarray) -> np.ndarray:
@@ -244,7 +241,8 @@ def read_record(rec: ImageRecord, cfg: SourceConfig, type_info: TypeInfo | None 
     inst: np.ndarray | None = None
     if rec.label is not None:
         if cfg.label_format == "mat":
-            inst, mat_types = _read_mat(rec.label)
+            inst, mat = read_mat(rec.label)
+            mat_types = mat_label(rec.label, mat, "type_map") if "type_map" in mat else None
             if cfg.type_source == "type_map":
                 if mat_types is None:
                     raise InputError(f"{rec.label}: data.type_source='type_map' but the file has no type_map")

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 
 
 def patient_split(

@@ -32,10 +32,10 @@ from typing import Any
 from tqdm import tqdm
 
 from hovercrypt.config import InferConfig
+from hovercrypt.errors import InputError
 from hovercrypt.infer.slide_jobs import Busy, SlideBook, SlideJob, make_pool, record_error, run_slide_job
 from hovercrypt.infer.wsi import WsiOptions
 from hovercrypt.infer.wsi_outputs import SlideResult
-from hovercrypt.io.images import InputError
 
 log = logging.getLogger("hovercrypt.wsi")
 RAY_MISSING = 'Ray is not installed; --ray needs it: pip install -e ".[ray]" (or pip install ray)'

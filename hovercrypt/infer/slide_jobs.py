@@ -35,10 +35,10 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
+from hovercrypt.errors import InputError
 from hovercrypt.infer.wsi import WsiOptions, process_slide
 from hovercrypt.infer.wsi_outputs import SlideResult, write_counts
 from hovercrypt.io.atomic import atomic_write_text
-from hovercrypt.io.images import InputError
 
 log = logging.getLogger("hovercrypt.wsi")
 LOCK_NAME, OWNER_NAME = ".lock", ".lock.owner"

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from skimage.morphology import remove_small_objects
 
 from hovercrypt.io.images import read_rgb
+from hovercrypt.postproc.morphology import fill_holes
 
 #: Otsu threshold floor (saturation 0..255): on a blank slide Otsu would split sensor noise.
 MIN_SATURATION = 20
@@ -34,25 +36,9 @@ def otsu_tissue_mask(thumb: np.ndarray, mpp: float, min_area_um2: float) -> np.n
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, k)
     mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
-    mask = fill_holes(mask)
-    return remove_small(mask, max(1, int(math.ceil(min_area_um2 / (mpp * mpp)))))
-
-
-def fill_holes(mask: np.ndarray) -> np.ndarray:
-    """Fill background components that do not touch the border (crypt lumens are tissue)."""
-    n, lab = cv2.connectedComponents((mask == 0).astype(np.uint8), connectivity=4)
-    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    hole = np.ones(n, bool)
-    hole[border] = False
-    hole[0] = False  # label 0 = the foreground itself
-    return (mask > 0) | hole[lab]
-
-
-def remove_small(mask: np.ndarray, min_px: int) -> np.ndarray:
-    n, lab, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
-    keep = stats[:, cv2.CC_STAT_AREA] >= min_px
-    keep[0] = False
-    return keep[lab]
+    mask = fill_holes(mask) > 0  # crypt lumens are tissue
+    min_px = max(1, int(math.ceil(min_area_um2 / (mpp * mpp))))
+    return remove_small_objects(mask, max_size=min_px - 1, connectivity=2)
 
 
 def load_mask(path: str | Path, shape: tuple[int, int]) -> np.ndarray:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 from scipy import sparse
 
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 
 #: extensions treated as slides or plain images when scanning an input folder.
 SLIDE_EXTS = (

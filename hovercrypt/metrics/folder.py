@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from hovercrypt.errors import InputError
 from hovercrypt.io.atomic import atomic_write_text
-from hovercrypt.io.images import InputError
 from hovercrypt.metrics.evaluate import aggregate, evaluate_detailed
 from hovercrypt.metrics.labels_io import pair_folders, read_label_file
 

@@ -8,17 +8,18 @@ recognised by the presence of ``_anno`` files; the images are then ignored.
 
 from __future__ import annotations
 
-import csv
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hovercrypt.io.images import InputError, as_label, read_label
+from hovercrypt.errors import InputError
+from hovercrypt.io.images import as_label, read_label
+from hovercrypt.io.labels import LABEL_IMAGE_EXTS, csv_type, mat_label, read_image_csv, read_mat, type_lookup
 from hovercrypt.io.type_info import TypeInfo
 
-IMAGE_LABEL_EXTS = (".png", ".tif", ".tiff", ".bmp")  # the original GlaS release uses .bmp
+IMAGE_LABEL_EXTS = LABEL_IMAGE_EXTS
 LABEL_EXTS = (".mat", ".npy", *IMAGE_LABEL_EXTS)
 STRIP_SUFFIXES = ("_anno", "_inst", "_label", "_labels")
 TYPE_SUFFIX = "_type"  # <stem>_type.<ext> beside a PNG/TIFF/npy label is its per-pixel type map
@@ -106,7 +107,7 @@ def _mat_types(path: Path, d: dict, inst: np.ndarray) -> np.ndarray | Mapping[in
             )
         return {int(i): int(t) for i, t in zip(ids, types)}
     if "type_map" in d:
-        return as_label(np.asarray(d["type_map"]), f"{path}:type_map")
+        return mat_label(path, d, "type_map")
     return None
 
 
@@ -114,50 +115,44 @@ def read_label_file(path: str | Path) -> LabelFile:
     """Read an instance map (int32) and, when the file carries them, the instance types."""
     path = Path(path)
     ext = path.suffix.lower()
-    types: np.ndarray | Mapping[int, int] | None = None
     if ext == ".mat":
-        import scipy.io
-
-        try:
-            d = scipy.io.loadmat(path)
-        except Exception as e:  # scipy raises several types for bad .mat files
-            raise InputError(f"{path}: cannot be read as a .mat file ({type(e).__name__}: {e})") from e
-        if "inst_map" not in d:
-            keys = sorted(k for k in d if not k.startswith("__"))
-            raise InputError(f"{path}: no 'inst_map' in the .mat file (keys: {keys})")
-        inst = as_label(np.asarray(d["inst_map"]), f"{path}:inst_map")
-        if inst.ndim != 2:
-            raise InputError(f"{path}: inst_map must be 2-D, got shape {inst.shape}")
-        types = _mat_types(path, d, inst)
-    elif ext == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except Exception as e:
-            raise InputError(f"{path}: cannot be read as .npy ({type(e).__name__}: {e})") from e
-        if arr.ndim == 3 and arr.shape[2] == 2:  # (inst, type)
-            inst, types = as_label(arr[..., 0], str(path)), as_label(arr[..., 1], str(path))
-        elif arr.ndim == 3 and arr.shape[2] == 5:  # patch layout: RGB, inst, type
-            inst, types = as_label(arr[..., 3], str(path)), as_label(arr[..., 4], str(path))
-        elif arr.ndim == 2:
-            inst = as_label(arr, str(path))
-        else:
-            raise InputError(f"{path}: expected (H, W), (H, W, 2) or (H, W, 5) array, got {arr.shape}")
+        inst, d = read_mat(path)
+        return LabelFile(path, inst, _mat_types(path, d, inst))
+    if ext == ".npy":
+        inst, types = _read_npy(path)
     elif ext in IMAGE_LABEL_EXTS:
-        inst = read_label(path)
+        inst, types = read_label(path), None
     else:
         raise InputError(f"{path}: unsupported label file type {ext!r}")
-    if types is None and ext != ".mat":
-        base = path.stem[: -len("_anno")] if path.stem.endswith("_anno") else path.stem
-        for e in (*IMAGE_LABEL_EXTS, ".npy"):
-            tp = path.with_name(base + TYPE_SUFFIX + e)
-            if tp.is_file():
-                types = as_label(np.load(tp, allow_pickle=False), str(tp)) if e == ".npy" else read_label(tp)
-                if types.shape != inst.shape:
-                    raise InputError(
-                        f"{tp}: type map shape {types.shape} differs from {path.name} {inst.shape}"
-                    )
-                break
-    return LabelFile(path, inst, types)
+    return LabelFile(path, inst, types if types is not None else _type_map_beside(path, inst))
+
+
+def _read_npy(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """(instances, type map or None) of an (H, W), (H, W, 2) inst + type or 5-channel patch array."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise InputError(f"{path}: cannot be read as .npy ({type(e).__name__}: {e})") from e
+    if arr.ndim == 3 and arr.shape[2] == 2:  # (inst, type)
+        return as_label(arr[..., 0], str(path)), as_label(arr[..., 1], str(path))
+    if arr.ndim == 3 and arr.shape[2] == 5:  # patch layout: RGB, inst, type
+        return as_label(arr[..., 3], str(path)), as_label(arr[..., 4], str(path))
+    if arr.ndim == 2:
+        return as_label(arr, str(path)), None
+    raise InputError(f"{path}: expected (H, W), (H, W, 2) or (H, W, 5) array, got {arr.shape}")
+
+
+def _type_map_beside(path: Path, inst: np.ndarray) -> np.ndarray | None:
+    """``<stem>_type.<ext>`` beside a label map (``_anno`` stripped), checked to match its size."""
+    base = path.stem[: -len("_anno")] if path.stem.endswith("_anno") else path.stem
+    for e in (*IMAGE_LABEL_EXTS, ".npy"):
+        tp = path.with_name(base + TYPE_SUFFIX + e)
+        if tp.is_file():
+            types = as_label(np.load(tp, allow_pickle=False), str(tp)) if e == ".npy" else read_label(tp)
+            if types.shape != inst.shape:
+                raise InputError(f"{tp}: type map shape {types.shape} differs from {path.name} {inst.shape}")
+            return types
+    return None
 
 
 def type_values_from_info(info: TypeInfo) -> dict[str, int]:
@@ -181,24 +176,12 @@ def read_types_csv(
     required because ids inferred from the CSV's own values (e.g. sort order)
     silently disagree with the model's ids when a class is absent or sorts differently.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: types CSV not found")
-    lookup: dict[str, int] = {}
-    for name, tid in values.items():
-        key = name.strip().casefold()
-        if key in lookup and lookup[key] != int(tid):
-            raise InputError(f"type names {name!r} differ only in case but map to different ids")
-        lookup[key] = int(tid)
+    lookup = type_lookup(values)
     if not lookup:
         raise InputError(f"{path}: no type names to map the values of column {type_column!r} to")
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or name_column not in rows[0] or type_column not in rows[0]:
-        cols = list(rows[0]) if rows else []
-        raise InputError(f"{path}: needs columns {name_column!r} and {type_column!r}, has {cols}")
-    raw = {(r[name_column] or "").strip(): (r[type_column] or "").strip() for r in rows}
-    bad = sorted({v for v in raw.values() if v.casefold() not in lookup})
+    rows = read_image_csv(path, name_column, (type_column,), "types CSV")
+    raw = {name: (r[type_column] or "").strip() for name, r in rows.items()}
+    bad = sorted({v for v in raw.values() if csv_type(v, lookup) is None})
     if bad:
         known = ", ".join(f"{n}={int(t)}" for n, t in values.items())
         raise InputError(

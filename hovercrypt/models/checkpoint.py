@@ -20,8 +20,8 @@ from torch import nn
 
 import hovercrypt
 from hovercrypt.config import Config, ConfigError
+from hovercrypt.errors import InputError
 from hovercrypt.io.atomic import atomic_torch_save
-from hovercrypt.io.images import InputError
 
 REQUIRED_KEYS = ("model", "config", "arch", "version")
 _RESERVED = ("model", "optimizer", "scheduler", "phase", "epoch", "config", "arch", "version", "extra")

@@ -16,11 +16,26 @@ import torch
 from torch import nn
 
 from hovercrypt.config import ConfigError
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 
 #: ImageNet statistics; the model normalises 0..1 RGB with these so pretrained encoders work.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize(nn.Module):
+    """0..1 RGB in, ImageNet-normalised out (buffers move with ``.to(device)``, not saved).
+
+    The one input normalisation of every model family (pretrained encoders expect it).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 #: classifier / pooling heads present in full-model state dicts but not in a features_only encoder
 _HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head_drop.", "global_pool.", "last_linear.", "AuxLogits.")

@@ -13,7 +13,7 @@ from torch import nn
 
 # ImageNet statistics (shared with HoVer-Net's encoder): timm encoders expect them, and the
 # classic UNet uses the same normalisation so every model sees identically scaled input.
-from hovercrypt.models.encoder import IMAGENET_MEAN, IMAGENET_STD
+from hovercrypt.models.encoder import Normalize  # noqa: F401 - re-exported for the UNet modules
 
 UPSAMPLE_MODES = ("transpose", "resize")
 
@@ -61,18 +61,6 @@ class Up(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             x = self.up(x)
         return self.block(torch.cat([x, skip], dim=1))
-
-
-class Normalize(nn.Module):
-    """0..1 RGB in, ImageNet-normalised out (buffers move with ``.to(device)``, not saved)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

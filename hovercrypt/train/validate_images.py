@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from hovercrypt.config import Config
 from hovercrypt.data.crops import load_image_array
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 
 
 def load_valid_images(folder: Path) -> list[tuple[str, str, np.ndarray]]:
