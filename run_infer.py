@@ -9,8 +9,9 @@ Usage:
 Options:
   --model_path=<path>      Checkpoint (.pt). Default: the model shipped with hovercrypt.
   --type_info_path=<path>  type_info.json with type names and colours; a missing file is an error.
-                           Default: type_info.json beside run_infer.py (generic names if absent).
-  --batch_size=<n>         Tiles per network batch [default: 8].
+                           Default: the model config's type_info, else the one shipped with
+                           hovercrypt.
+  --batch_size=<n>         Tiles per network batch. Default: the model's infer.batch_size (8).
   --gpu=<ids>              GPU id(s), e.g. 0; empty runs on the CPU [default: ].
   --input_mpp=<um>         (tile) resolution of the input images in um/px. Default: the
                            processing resolution stored in the model (no resampling).
@@ -27,13 +28,15 @@ Options:
   --proc_mag=<x>           (wsi) processing magnification instead of --proc_mpp (10 um/px / x).
   --slide_mpp=<um>         (wsi) level-0 resolution for slides that do not store it.
   --input_mask_dir=<dir>   (wsi) tissue masks <stem>.png (any size, non-zero = tissue).
-  --tile_shape=<px>        (wsi) processing region side in px at proc_mpp [default: 2048].
+  --tile_shape=<px>        (wsi) processing region side in px at proc_mpp. Default: the model's
+                           infer.tile_shape (2048).
   --no_tile_cache          (wsi) predict each region on its own, recomputing the tiles of the
                            region overlaps (default: every tile once per slide).
   --resume                 (wsi) continue a killed run from its last finished chunk.
                            (Concurrent runs on one --output_dir never share a slide: each slide
                            is locked while processed; see README, "Cohorts".)
-  --workers=<n>            (wsi) post-processing threads; 0 = in the main thread [default: 2].
+  --workers=<n>            (wsi) post-processing threads; 0 = in the main thread. Default: the
+                           model's infer.postproc_workers (2).
   --ray=<address>          (wsi) run each slide as a Ray task: local (start Ray on this machine),
                            auto (join the running cluster), or ray://head:10001. Needs the extra:
                            pip install -e ".[ray]". Outputs and resume as without --ray.
@@ -45,6 +48,8 @@ Options:
 """
 
 import sys
+
+Exit codes: 0 done; 1 some images or slides failed (the others are written); 2 bad options or input.
 
 from docopt import docopt
 
