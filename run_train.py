@@ -2,6 +2,7 @@
 
 Usage:
   run_train.py [options]
+  run_train.py --list_models
   run_train.py (-h | --help)
 
 Options:
@@ -17,7 +18,7 @@ Options:
   --encoder=<name>           timm encoder (resnet50, resnet18, ...). UNet: "none" = classic UNet.
   --pretrained=<path>        Local encoder weights (timm or torchvision state dict).
   --mode=<mode>              Network windows: original (270 -> 80) or fast (256 -> 164).
-  --model=<arch>             hovernet or unet.
+  --model=<arch>             Model family: hovernet or unet (--list_models prints all registered).
   --gpu=<ids>                GPU id(s): "0", or "0,1" for DDP over several GPUs; empty = CPU.
                              Without a GPU training runs on the CPU [default: 0].
   --seed=<n>                 Random seed (weight init, shuffling, augmentation).
@@ -25,6 +26,7 @@ Options:
   --amp=<amp>                Mixed precision: auto, bf16, fp16 (CUDA only) or none.
   --max_steps_per_epoch=<n>  Cap the batches per epoch (quick runs and tests).
   --no_progress              No progress bars (for log files).
+  --list_models              Print the registered model families, one per line, and exit.
   -h --help                  Show this help.
 """
 

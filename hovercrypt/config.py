@@ -18,10 +18,23 @@ from pathlib import Path
 from typing import Any
 
 from hovercrypt.config_data import AugmentConfig, DataConfig, SourceConfig
+from hovercrypt.config_postproc import HoVerNetPostproc, PostprocSettings, UNetPostproc, settings_from_dict
 from hovercrypt.typed_dicts import ConfigError, build_dataclass, plain
 
+#: the name older code uses for the HoVer-Net settings (the default family's)
+PostprocConfig = HoVerNetPostproc
+
 # re-exported: every module imports the configuration classes and ConfigError from here
-__all__ = ["AugmentConfig", "ConfigError", "DataConfig", "SourceConfig"]
+__all__ = [
+    "AugmentConfig",
+    "ConfigError",
+    "DataConfig",
+    "HoVerNetPostproc",
+    "PostprocConfig",
+    "PostprocSettings",
+    "SourceConfig",
+    "UNetPostproc",
+]
 
 #: network (input, output) window per model mode, in pixels at ``proc_mpp``.
 MODE_WINDOWS: dict[str, tuple[int, int]] = {"original": (270, 80), "fast": (256, 164)}
@@ -53,7 +66,7 @@ class Windows:
 class ModelConfig:
     """Network architecture. ``arch`` is stored in checkpoints and checked on load."""
 
-    arch: str = "hovernet"  # "hovernet" | "unet"
+    arch: str = "hovernet"  # a registered model family (hovercrypt.models.registry): "hovernet" | "unet"
     mode: str = "original"  # "original" (270->80) | "fast" (256->164)
     encoder: str = "resnet50"  # any timm backbone with features_only support
     pretrained: str | None = None  # local state-dict file (no hub downloads)
@@ -68,8 +81,9 @@ class ModelConfig:
     unet_upsample: str = "transpose"  # "transpose" | "resize"
 
     def validate(self) -> None:
-        if self.arch not in ("hovernet", "unet"):
-            raise ConfigError(f"model.arch must be 'hovernet' or 'unet', got {self.arch!r}")
+        from hovercrypt.models.registry import get_family
+
+        get_family(self.arch, "model.arch")
         if self.mode not in MODE_WINDOWS:
             raise ConfigError(f"model.mode must be one of {sorted(MODE_WINDOWS)}, got {self.mode!r}")
         if self.nr_types < 0 or self.nr_types == 1:
@@ -177,75 +191,6 @@ class TrainConfig:
         self.augment.validate()
 
 
-@dataclass
-class PostprocConfig:
-    """HV-watershed parameters. Sizes are physical (um, um^2) and scaled by ``proc_mpp``.
-
-    Defaults were tuned on GlaS ground-truth HV maps at 0.93 um/px (oracle PQ
-    0.996 mean, 0.85 worst, over the 85 training images) and on noisy
-    synthetic crypt maps.
-    Crypts and glands span ~40-400 um, so HV slopes inside big glands are
-    shallow; ``marker_thresh`` 0.6 (HoVer-Net's nuclei value is 0.4) keeps
-    their interiors as markers after the whole-map gradient normalisation.
-    """
-
-    np_thresh: float = 0.5  # foreground probability threshold
-    min_object_area_um2: float = 100.0  # foreground pieces smaller than this are dropped (~11 um across)
-    sobel_ksize_um: float = 19.5  # Sobel kernel size for the HV gradient (21 px at 0.93 um/px; max 31 px)
-    marker_thresh: float = 0.6  # normalised HV-edge strength below this is marker ("inside")
-    marker_open_um: float = 2.0  # opening radius that cuts thin bridges between markers
-    min_marker_area_um2: float = 40.0  # markers smaller than this are dropped
-    blur_ksize: int = 3  # smoothing of the energy map, pixels (odd)
-    watershed_levels: int = 4096  # energy quantisation levels of the bucket-queue watershed
-    # --- UNet baseline instance extraction (hovercrypt.postproc.semantic; owned by the UNet part) ---
-    unet_fg_thresh: float = 0.5  # crypt when P(crypt) (+ P(boundary), 3 classes) exceeds this
-    unet_min_peak_distance_um: float = 20.0  # 2-class split: distance peaks at least this far apart; 0 = off
-    unet_split_ratio: float = 0.4  # 2-class split: only where neck (saddle) <= ratio x the thinner crypt
-    unet_min_seed_area_um2: float = 30.0  # 3-class: interior seeds smaller than this are noise
-    unet_max_hole_area_um2: float = 2000.0  # background holes (lumen) up to this size are filled
-
-    def validate(self) -> None:
-        """Ranges the post-processors need; a hand-edited ``--postproc`` file fails here, by field."""
-        for key in ("np_thresh", "unet_fg_thresh"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise ConfigError(f"postproc.{key} must be in [0, 1), got {getattr(self, key)}")
-        if not 0.0 < self.marker_thresh <= 1.0:
-            raise ConfigError(f"postproc.marker_thresh must be in (0, 1], got {self.marker_thresh}")
-        if not 0.0 < self.unet_split_ratio <= 1.0:
-            raise ConfigError(f"postproc.unet_split_ratio must be in (0, 1], got {self.unet_split_ratio}")
-        if self.sobel_ksize_um <= 0:
-            raise ConfigError(f"postproc.sobel_ksize_um must be > 0, got {self.sobel_ksize_um}")
-        for f in dataclasses.fields(self):
-            if (f.name.endswith("_um") or f.name.endswith("_um2")) and getattr(self, f.name) < 0:
-                raise ConfigError(f"postproc.{f.name} must be >= 0, got {getattr(self, f.name)}")
-        if self.blur_ksize < 1 or self.blur_ksize % 2 == 0:
-            raise ConfigError(f"postproc.blur_ksize must be an odd number >= 1, got {self.blur_ksize}")
-        if not 2 <= self.watershed_levels <= 65532:
-            raise ConfigError(f"postproc.watershed_levels must be in [2, 65532], got {self.watershed_levels}")
-
-    def pixels(self, mpp: float) -> dict[str, Any]:
-        """The parameters in pixels at ``mpp`` µm/px (what ``instances_from_maps`` takes)."""
-        if mpp <= 0:
-            raise ConfigError(f"processing mpp must be > 0, got {mpp}")
-        area = 1.0 / (mpp * mpp)
-        ksize = max(3, int(round(self.sobel_ksize_um / mpp)) | 1)
-        ksize = min(ksize, 31)  # cv2.Sobel supports odd sizes up to 31
-        return {
-            "np_thresh": self.np_thresh,
-            "min_object_area": max(1, int(round(self.min_object_area_um2 * area))),
-            "sobel_ksize": ksize,
-            "marker_thresh": self.marker_thresh,
-            "marker_open_radius": max(1, int(round(self.marker_open_um / mpp))),
-            "min_marker_area": max(1, int(round(self.min_marker_area_um2 * area))),
-            "blur_ksize": self.blur_ksize,
-            "watershed_levels": self.watershed_levels,
-            # --- UNet baseline (instances_from_semantic) ---
-            "unet_fg_thresh": self.unet_fg_thresh,
-            "unet_min_peak_distance": max(0, int(round(self.unet_min_peak_distance_um / mpp))),
-            "unet_split_ratio": self.unet_split_ratio,
-            "unet_min_seed_area": max(0, int(round(self.unet_min_seed_area_um2 * area))),
-            "unet_max_hole_area": max(0, int(round(self.unet_max_hole_area_um2 * area))),
-        }
 
 
 @dataclass
@@ -277,10 +222,20 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    postproc: PostprocConfig = field(default_factory=PostprocConfig)
+    #: the post-processing settings of the model's family (``get_family(model.arch).settings``);
+    #: None gives that family's defaults
+    postproc: PostprocSettings | None = None
     infer: InferConfig = field(default_factory=InferConfig)
 
     def __post_init__(self) -> None:
+        from hovercrypt.models.registry import get_family
+
+        want = get_family(self.model.arch, "model.arch").settings_class()
+        post = self.postproc
+        # None, or another family's untouched defaults (``dataclasses.replace(cfg, model=...)``
+        # switching the family), mean this family's defaults
+        if post is None or (type(post) is not want and post == type(post)()):
+            self.postproc = want()
         self.validate()
 
     @property
@@ -293,15 +248,36 @@ class Config:
         self.model.validate()
         self.data.validate()
         self.train.validate()
+        self._check_postproc_family()
         self.postproc.validate()
         _ = self.windows
+
+    def _check_postproc_family(self) -> None:
+        from hovercrypt.models.registry import get_family
+
+        want = get_family(self.model.arch, "model.arch").settings_class()
+        if type(self.postproc) is not want:
+            raise ConfigError(
+                f"postproc holds {type(self.postproc).__name__} settings, but model.arch={self.model.arch!r} "
+                f"is post-processed with {want.__name__}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return build_dataclass(cls, d, "config")
+        """A config from plain data; ``postproc`` is read with the settings class of ``model.arch``."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"config: expected a mapping, got {type(d).__name__}")
+        post = d.get("postproc")
+        cfg = build_dataclass(cls, {k: v for k, v in d.items() if k != "postproc"}, "config")
+        if post is None:
+            return cfg
+        if not isinstance(post, dict):
+            post = plain(post)
+        post = settings_from_dict(type(cfg.postproc), post, "config.postproc")
+        return dataclasses.replace(cfg, postproc=post)
 
     def save_json(self, path: str | Path) -> None:
         from hovercrypt.io.atomic import atomic_write_text

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import cv2
@@ -13,7 +11,7 @@ from scipy import ndimage as ndi
 from skimage.morphology import remove_small_objects
 from skimage.segmentation import watershed as sk_watershed
 
-from hovercrypt.config import PostprocConfig
+from hovercrypt.config import PostprocConfig, UNetPostproc
 from hovercrypt.data.targets import hv_maps
 from hovercrypt.postproc import instances_from_maps, maps_to_instances
 from hovercrypt.testing.synthetic import ellipse_mask, noisy_maps, random_ellipses
@@ -146,12 +144,30 @@ def test_numba_path_matches_reference_recipe(seed: int) -> None:
     assert pq(reference_recipe(np_prob, hv, p2), instances_from_maps(np_prob, hv, **p2)) >= 0.97
 
 
-def test_timings_and_unknown_keys() -> None:
+def test_timings() -> None:
+    """The profiling wrapper times every stage and gives the very same instances."""
+    from hovercrypt.postproc.profile import timed_instances_from_maps
+
     inst = random_ellipses((128, 128), 4, (15, 25), seed=2)
     t: dict[str, float] = {}
-    out = instances_from_maps(*oracle(inst), timings=t, **{**P, "unet_fg_thresh": 0.3, "something_else": 1})
+    out = timed_instances_from_maps(*oracle(inst), t, **P)
     assert set(t) == {"threshold", "sobel", "energy", "markers", "watershed"}
-    assert out.max() == inst.max()
+    assert out.max() == inst.max() and np.array_equal(out, instances_from_maps(*oracle(inst), **P))
+    with pytest.raises(TypeError, match="np_treshold"):
+        timed_instances_from_maps(*oracle(inst), t, np_treshold=0.5)
+
+
+def test_unknown_postproc_keys_are_errors_naming_them() -> None:
+    """A misspelt or another family's key does something: it fails (it used to be ignored)."""
+    from hovercrypt.postproc.semantic import instances_from_semantic
+
+    np_prob, hv = oracle(random_ellipses((64, 64), 2, (10, 15), seed=2))
+    for key in ("unet_fg_thresh", "np_treshold"):
+        with pytest.raises(TypeError, match=key):
+            instances_from_maps(np_prob, hv, **{**P, key: 0.3})
+    with pytest.raises(TypeError, match="marker_thresh"):
+        seg = np.zeros((8, 8, 2), np.float32)
+        instances_from_semantic(seg, **UNetPostproc().pixels(1.0), marker_thresh=0.4)
 
 
 def test_input_checks() -> None:
@@ -167,29 +183,27 @@ def test_input_checks() -> None:
     )
 
 
-def test_maps_to_instances_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_maps_to_instances_asks_the_family_registry() -> None:
+    from hovercrypt.postproc.semantic import instances_from_semantic
+
     inst = random_ellipses((96, 96), 3, (15, 20), seed=6)
     np_prob, hv = oracle(inst)
     direct = instances_from_maps(np_prob, hv, **P)
     via = maps_to_instances({"np": np_prob[..., None], "hv": hv}, "hovernet", P)
     assert np.array_equal(direct, via)
 
-    seen = {}
+    seg = np.stack([inst == 0, inst > 0], -1).astype(np.float32)
+    unet = UNetPostproc().pixels(0.93)
+    assert np.array_equal(maps_to_instances({"seg": seg}, "unet", unet), instances_from_semantic(seg, **unet))
+    with pytest.raises(TypeError, match="np_thresh"):  # HoVer-Net settings for UNet maps
+        maps_to_instances({"seg": seg}, "unet", P)
 
-    def fake_semantic(seg: np.ndarray, **params: object) -> np.ndarray:
-        seen["shape"], seen["params"] = seg.shape, params
-        return np.ones(seg.shape[:2], np.int32)
-
-    fake = types.ModuleType("hovercrypt.postproc.semantic")
-    fake.instances_from_semantic = fake_semantic
-    monkeypatch.setitem(sys.modules, "hovercrypt.postproc.semantic", fake)
-    out = maps_to_instances({"seg": np.zeros((96, 96, 2), np.float32)}, "unet", P)
-    assert out.shape == (96, 96) and seen["shape"] == (96, 96, 2) and seen["params"] == P
-
-    with pytest.raises(ValueError, match="arch"):
+    with pytest.raises(ValueError, match="arch must be one of"):
         maps_to_instances({}, "maskrcnn", P)
     with pytest.raises(ValueError, match="hv"):
         maps_to_instances({"np": np_prob[..., None]}, "hovernet", P)
+    with pytest.raises(ValueError, match="seg"):
+        maps_to_instances({"np": np_prob[..., None]}, "unet", unet)
 
 
 def test_pixels_scale_with_resolution() -> None:

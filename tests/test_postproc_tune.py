@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hovercrypt.config import Config, ConfigError, DataConfig, ModelConfig, PostprocConfig
+from hovercrypt.config import Config, ConfigError, DataConfig, ModelConfig, PostprocConfig, UNetPostproc
 from hovercrypt.data.resample import resize_labels
 from hovercrypt.io.images import InputError
 from hovercrypt.postproc.tune import Case, score_postproc, tune_postproc
@@ -43,12 +43,13 @@ def _cases(n: int = 3, scale: int = 1) -> list[Case]:
     ],
 )
 def test_postproc_ranges_are_checked_by_field(field: str, value: float, message: str) -> None:
-    bad = dataclasses.replace(PostprocConfig(), **{field: value})
+    arch, cls = ("unet", UNetPostproc) if field.startswith("unet_") else ("hovernet", PostprocConfig)
+    bad = dataclasses.replace(cls(), **{field: value})
     with pytest.raises(ConfigError, match=message):
         bad.validate()
     with pytest.raises(ConfigError, match=message):  # and when a whole config is built
-        Config(postproc=bad)
-    PostprocConfig().validate()  # the defaults are valid
+        Config(model=ModelConfig(arch=arch), postproc=bad)
+    cls().validate()  # the defaults are valid
 
 
 def test_oracle_maps_score_one_and_resolution_is_handled() -> None:
@@ -78,6 +79,8 @@ def test_tuning_recovers_from_a_bad_start_and_keeps_a_good_one() -> None:
     assert same == good and len(trail) == 1
     with pytest.raises(ValueError, match="unknown post-processing fields"):
         tune_postproc(cases, "hovernet", good, MPP, MPP, grid={"np_treshold": [0.5]})
+    with pytest.raises(ValueError, match="start must be HoVerNetPostproc"):
+        tune_postproc(cases, "hovernet", UNetPostproc(), MPP, MPP)
 
 
 def _tiny_checkpoint(tmp_path: Path) -> Path:
@@ -136,6 +139,7 @@ def test_run_infer_postproc_file_overrides_the_checkpoint(tmp_path: Path, capsys
     write_png(src / "a.png", np.full((60, 70, 3), 200, np.uint8))
     cases = {
         "typo.json": ('{"np_treshold": 0.4}', "typo.json: postproc: unknown key"),
+        "unet.json": ('{"unet_fg_thresh": 0.4}', "unet.json: postproc: unknown key(s) ['unet_fg_thresh']"),
         "range.json": ('{"np_thresh": 1.5}', "range.json: postproc.np_thresh must be in"),
         "type.json": ('{"blur_ksize": "big"}', "type.json: postproc.blur_ksize"),
         "broken.json": ("{np_thresh: 0.4", "broken.json: not valid JSON"),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hovercrypt.config import MODE_WINDOWS, ConfigError, LossWeights, ModelConfig, PostprocConfig
+from hovercrypt.config import MODE_WINDOWS, ConfigError, LossWeights, ModelConfig, UNetPostproc
 from hovercrypt.models import count_parameters
 from hovercrypt.models.unet import build_unet, soft_dice_loss, unet_loss
 from hovercrypt.postproc.semantic import instances_from_semantic
@@ -258,12 +258,11 @@ def test_three_class_seeds_from_boundary_split_touching_discs():
 
 
 def test_semantic_postproc_params_and_errors():
-    params = PostprocConfig().pixels(0.5)
+    params = UNetPostproc().pixels(0.5)
     assert params["unet_min_peak_distance"] == 40 and params["unet_min_seed_area"] == 120
     a, b, fg = _two_touching_discs()
     prob = np.stack([1.0 - fg, fg], -1).astype(np.float32)
-    # the full dict (HoVer-Net keys included) is accepted
-    inst = instances_from_semantic(prob, **PostprocConfig().pixels(2.0))
+    inst = instances_from_semantic(prob, **UNetPostproc().pixels(2.0))
     assert _matches(inst, [a, b])
     with pytest.raises(ValueError, match="seg_prob"):
         instances_from_semantic(prob[..., :1])

@@ -5,6 +5,7 @@ stored in the checkpoint guarding against wrong flags."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -19,8 +20,8 @@ from hovercrypt.config import (
     DataConfig,
     ModelConfig,
     PhaseConfig,
-    PostprocConfig,
     TrainConfig,
+    UNetPostproc,
 )
 from hovercrypt.data.targets import seg_target
 from hovercrypt.infer.tile import segment_image
@@ -77,7 +78,7 @@ def test_tile_inference_with_exact_unet_maps_recovers_touching_crypts(classes):
     from scipy import ndimage as ndi
 
     assert ndi.label(truth > 0)[1] <= len(ell) // 4
-    params = PostprocConfig(min_object_area_um2=50.0).pixels(1.0)
+    params = UNetPostproc(min_object_area_um2=50.0).pixels(1.0)
     image = np.zeros((h, w, 3), np.uint8)
     inst, info = segment_image(UNetOracle(ell, classes), image, 1.0, params, batch_size=4)
     assert inst.shape == (h, w) and len(info) == len(ell)
@@ -184,7 +185,8 @@ def test_run_train_model_unet_one_step_then_wrong_flags_fail(tmp_path, checkpoin
     _write_patches(patches)
     cfg_path = tmp_path / "unet.json"
     cfg = _unet_config(str(patches), nr_types=0, classes=3)
-    cfg.model.arch = "hovernet"  # the architecture comes from --model=unet below
+    # a HoVer-Net config file (with HoVer-Net post-processing); the architecture comes from --model=unet
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, arch="hovernet"))
     cfg.save_json(cfg_path)
     log_dir = tmp_path / "log"
     run_train = _script("run_train.py")

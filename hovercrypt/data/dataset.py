@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from hovercrypt.config import Config
 from hovercrypt.data.augment import Augmenter
-from hovercrypt.data.targets import center_crop, hv_maps, seg_target
+from hovercrypt.data.targets import center_crop
 from hovercrypt.io.images import InputError
 
 
@@ -42,7 +42,11 @@ def load_patch(path: str | Path) -> np.ndarray:
 
 
 class PatchDataset(Dataset):
-    """Training / validation patches with HoVer-Net (``np``, ``hv``, ``tp``) or UNet (``seg``) targets."""
+    """Training / validation patches with the targets of the model family ``targets``.
+
+    ``targets`` names a registered family (``"hovernet"``: ``np``, ``hv``, ``tp``; ``"unet"``:
+    ``seg``, ...); the family's registry hook computes its own keys.
+    """
 
     def __init__(
         self,
@@ -52,8 +56,10 @@ class PatchDataset(Dataset):
         targets: str = "hovernet",
         seed: int = 0,
     ) -> None:
-        if targets not in ("hovernet", "unet"):
-            raise ValueError(f"targets must be 'hovernet' or 'unet', got {targets!r}")
+        from hovercrypt.models.registry import get_family
+
+        #: the model family whose own targets (HoVer-Net ``hv``, UNet ``seg``, ...) are built
+        self.family = get_family(targets, "targets")
         self.files = [Path(f) for f in files]
         self.cfg = cfg
         self.train = train
@@ -128,16 +134,8 @@ class PatchDataset(Dataset):
         out["image"] = torch.from_numpy(chw / 255.0)
         inst_out = np.ascontiguousarray(center_crop(inst, self.out_size))
         out["np"] = torch.from_numpy((inst_out > 0).astype(np.int64))
-        if self.targets == "hovernet":
-            # HV on the whole augmented patch, then crop: offsets are measured to the true centre
-            hv = center_crop(hv_maps(inst), self.out_size)
-            out["hv"] = torch.from_numpy(np.ascontiguousarray(hv.transpose(2, 0, 1)))
-        else:
-            r = self.cfg.data.seg_boundary_px
-            # a margin of r around the output window decides boundaries at its edge correctly
-            crop = center_crop(inst, min(inst.shape[0], self.out_size + 2 * r))
-            seg = center_crop(seg_target(crop, self.cfg.model.unet_classes, r), self.out_size)
-            out["seg"] = torch.from_numpy(np.ascontiguousarray(seg))
+        for key, target in self.family.make_targets(inst, self.out_size, self.cfg).items():
+            out[key] = torch.from_numpy(target)
         if self.nr_types > 0:
             tp = np.where(inst_out > 0, center_crop(labels[..., 1], self.out_size), 0)
             hi = int(tp.max()) if tp.size else 0

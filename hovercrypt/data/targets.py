@@ -10,6 +10,8 @@ augmented patch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 from scipy import ndimage
@@ -187,3 +189,24 @@ def seg_target(inst: np.ndarray, n_classes: int = 2, boundary_px: int = 2) -> np
     boundary = fg & ((lo != ids) | (hi != ids))
     seg[boundary] = 2
     return seg
+
+
+def hovernet_targets(inst: np.ndarray, out_size: int, cfg: Any) -> dict[str, np.ndarray]:
+    """HoVer-Net's own target (registry hook): ``hv`` float32 (2, out, out).
+
+    HV is computed on the whole augmented patch, then cropped: offsets are measured to the
+    true centre of instances cut by the output window.
+    """
+    hv = center_crop(hv_maps(inst), out_size)
+    return {"hv": np.ascontiguousarray(hv.transpose(2, 0, 1))}
+
+
+def semantic_targets(inst: np.ndarray, out_size: int, cfg: Any) -> dict[str, np.ndarray]:
+    """The UNet's (and other semantic families') target (registry hook): ``seg`` int64 (out, out).
+
+    Classes follow ``cfg.model.unet_classes`` and the boundary width ``cfg.data.seg_boundary_px``;
+    a margin of that width around the output window decides boundaries at its edge correctly.
+    """
+    r = cfg.data.seg_boundary_px
+    crop = center_crop(inst, min(inst.shape[0], out_size + 2 * r))
+    return {"seg": np.ascontiguousarray(center_crop(seg_target(crop, cfg.model.unet_classes, r), out_size))}

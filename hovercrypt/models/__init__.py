@@ -1,35 +1,28 @@
 """Networks (HoVer-Net, UNet baseline), their losses and checkpoints.
 
-``build_model`` is the one entry point: it dispatches on ``model.arch`` so the
-training loop, inference and checkpoint loading never name a class directly.
+``build_model`` is the one entry point: it asks the family registry
+(:mod:`hovercrypt.models.registry`) for ``model.arch``, so the training loop,
+inference and checkpoint loading never name a class directly. torch is imported
+only when a model is built: configs check ``model.arch`` against the registry
+without it.
 """
 
 from __future__ import annotations
 
-from torch import nn
+from typing import TYPE_CHECKING
 
-from hovercrypt.config import ConfigError, ModelConfig
+from hovercrypt.config import ModelConfig
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def build_model(model_cfg: ModelConfig) -> nn.Module:
-    """Build the network of ``model_cfg.arch``; loads ``model_cfg.pretrained`` into the encoder if set."""
+    """Build the network of ``model_cfg.arch``; the family's builder loads ``model_cfg.pretrained``."""
+    from hovercrypt.models.registry import get_family
+
     model_cfg.validate()
-    if model_cfg.arch == "hovernet":
-        from hovercrypt.models.hovernet import HoVerNet
-
-        model: nn.Module = HoVerNet(model_cfg)
-    elif model_cfg.arch == "unet":
-        from hovercrypt.models.unet import build_unet
-
-        model = build_unet(model_cfg)
-        return model  # the UNet builder handles its own (optional) pretrained encoder
-    else:  # validate() already rejects this; kept for a clear message if arches are added
-        raise ConfigError(f"model.arch {model_cfg.arch!r} is not supported")
-    if model_cfg.pretrained:
-        from hovercrypt.models.encoder import load_pretrained_encoder
-
-        load_pretrained_encoder(model.encoder, model_cfg.pretrained)
-    return model
+    return get_family(model_cfg.arch, "model.arch").build_model(model_cfg)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -29,3 +29,10 @@ def hovernet_maps(out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if "tp" in out:
         maps["tp"] = torch.softmax(out["tp"].float(), dim=1).permute(0, 2, 3, 1)
     return {k: v.contiguous() for k, v in maps.items()}
+
+
+def hovernet_foreground(
+    out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) NP foreground (N, h, w) for the validation Dice (registry hook)."""
+    return out["np"].argmax(1) == 1, batch["np"] == 1

@@ -87,3 +87,13 @@ class HoVerNet(nn.Module):
     def to_maps(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Channel-last maps for inference: NP fg prob (N,o,o,1), HV (N,o,o,2), NC softmax (N,o,o,T)."""
         return hovernet_maps(out)
+
+
+def build_hovernet(cfg: ModelConfig) -> HoVerNet:
+    """The registry's builder: HoVer-Net, with ``cfg.pretrained`` loaded into the encoder when set."""
+    model = HoVerNet(cfg)
+    if cfg.pretrained:
+        from hovercrypt.models.encoder import load_pretrained_encoder
+
+        load_pretrained_encoder(model.encoder, cfg.pretrained)
+    return model

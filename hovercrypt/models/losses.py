@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hovercrypt.config import ConfigError, LossWeights
+from hovercrypt.config import LossWeights
 
 DICE_SMOOTH = 1e-3  # keeps Dice defined (and = 1 -> loss 0) for classes absent from target and prediction
 # 3x3 Sobel divided by 8, so that d/dx of a unit ramp is exactly 1
@@ -130,11 +130,7 @@ def hovernet_loss(
 def compute_loss(
     arch: str, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], weights: LossWeights
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss of ``arch`` ("hovernet" or "unet"), so the training loop never names one."""
-    if arch == "hovernet":
-        return hovernet_loss(out, batch, weights)
-    if arch == "unet":
-        from hovercrypt.models.unet import unet_loss
+    """Loss of the model family ``arch`` (asked from the registry), so the training loop never names one."""
+    from hovercrypt.models.registry import get_family
 
-        return unet_loss(out, batch, weights)
-    raise ConfigError(f"no loss for model arch {arch!r}")
+    return get_family(arch, "model arch").compute_loss(out, batch, weights)

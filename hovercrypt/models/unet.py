@@ -256,3 +256,13 @@ def unet_loss(
         total = total + weights.tp_ce * tce + weights.tp_dice * tdice
         parts.update(tp_ce=tce.detach(), tp_dice=tdice.detach())
     return total, parts
+
+
+def semantic_foreground(
+    out: dict[str, torch.Tensor], batch: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted, true) crypt pixels (N, h, w) for the validation Dice (registry hook).
+
+    Class 1 is the crypt; class 2, when present, is the crypt boundary and does not count.
+    """
+    return out["seg"].argmax(1) == 1, batch["seg"] == 1

@@ -33,7 +33,7 @@ value 0.4) leave margin for that with glands of very different sizes.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import cv2
@@ -43,7 +43,7 @@ from numba import njit
 from hovercrypt.postproc.morphology import binary_open, components_where, fill_holes_framed, label_filtered
 from hovercrypt.postproc.watershed import DEFAULT_LEVELS, flood_prepared
 
-#: the keyword parameters ``instances_from_maps`` understands (others are ignored).
+#: the keyword parameters ``instances_from_maps`` takes (the keys of ``HoVerNetPostproc.pixels``).
 HV_PARAMS = (
     "np_thresh",
     "min_object_area",
@@ -316,14 +316,12 @@ def instances_from_maps(
     watershed_levels: int = DEFAULT_LEVELS,
     timings: dict[str, float] | None = None,
     clock: Callable[[], float] = time.perf_counter,
-    **_ignored: Any,
 ) -> np.ndarray:
     """Instance map (int32, ids 1..K consecutive, 0 = background) from NP and HV maps.
 
-    Parameters are in pixels; get them from ``PostprocConfig.pixels(mpp)`` (the
-    defaults equal ``PostprocConfig().pixels(0.93)``).
-    Keys meant for the UNet baseline (or any other unknown key) are ignored so
-    one parameter dict serves both architectures. If ``timings`` is a dict, the
+    Parameters are in pixels; get them from ``HoVerNetPostproc.pixels(mpp)`` (the
+    defaults equal ``HoVerNetPostproc().pixels(0.93)``); an unknown key is a TypeError
+    naming it. If ``timings`` is a dict, the
     milliseconds spent per stage are added to it, measured with ``clock``
     (e.g. ``time.thread_time`` for CPU time on a busy machine).
     """
@@ -371,23 +369,21 @@ def instances_from_maps(
     return inst
 
 
-def maps_to_instances(maps: dict[str, np.ndarray], arch: str, params: dict[str, Any]) -> np.ndarray:
-    """Instances from network maps of either architecture (``params`` = ``PostprocConfig.pixels``).
+def hovernet_instances(maps: Mapping[str, np.ndarray], params: dict[str, Any]) -> np.ndarray:
+    """HoVer-Net's registry hook: ``np`` (H, W, 1) and ``hv`` (H, W, 2) maps -> instances."""
+    missing = [k for k in ("np", "hv") if k not in maps]
+    if missing:
+        raise ValueError(f"hovernet maps lack {missing}; got {sorted(maps)}")
+    np_map = np.asarray(maps["np"])
+    np_prob = np_map[..., 0] if np_map.ndim == 3 else np_map
+    return instances_from_maps(np_prob, maps["hv"], **params)
 
-    HoVer-Net maps need ``np`` (H, W, 1) and ``hv`` (H, W, 2); UNet maps need
-    ``seg`` (H, W, C). Each post-processor ignores the parameters of the other.
+
+def maps_to_instances(maps: Mapping[str, np.ndarray], arch: str, params: dict[str, Any]) -> np.ndarray:
+    """Instances from the maps of the model family ``arch`` (``params``: its ``settings.pixels(mpp)``).
+
+    The family's post-processing comes from the registry (HoVer-Net: ``np`` + ``hv``; UNet: ``seg``).
     """
-    if arch == "hovernet":
-        missing = [k for k in ("np", "hv") if k not in maps]
-        if missing:
-            raise ValueError(f"hovernet maps lack {missing}; got {sorted(maps)}")
-        np_map = np.asarray(maps["np"])
-        np_prob = np_map[..., 0] if np_map.ndim == 3 else np_map
-        return instances_from_maps(np_prob, maps["hv"], **params)
-    if arch == "unet":
-        if "seg" not in maps:
-            raise ValueError(f"unet maps lack 'seg'; got {sorted(maps)}")
-        from hovercrypt.postproc.semantic import instances_from_semantic
+    from hovercrypt.models.registry import get_family
 
-        return instances_from_semantic(maps["seg"], **params)
-    raise ValueError(f"arch must be 'hovernet' or 'unet', got {arch!r}")
+    return get_family(arch, "arch").to_instances(maps, params)

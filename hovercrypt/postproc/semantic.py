@@ -13,13 +13,14 @@ The two UNet variants separate them differently:
   removed); they are grown back over crypt + boundary, each boundary pixel
   joining its nearest seed.
 
-Parameters arrive as ``PostprocConfig.pixels(mpp)`` (keys prefixed ``unet_``
-plus the shared ``min_object_area``); HoVer-Net's keys are accepted and ignored
-so one parameter dict serves both architectures.
+Parameters arrive as ``UNetPostproc.pixels(mpp)`` (keys prefixed ``unet_`` plus
+``min_object_area``); any other key is a TypeError naming it. Other semantic
+families reuse :func:`semantic_instances` through the model registry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import cv2
@@ -41,7 +42,6 @@ def instances_from_semantic(
     unet_min_seed_area: int = 30,
     unet_max_hole_area: int = 2000,
     min_object_area: int = 0,
-    **_other: Any,
 ) -> np.ndarray:
     """seg_prob: float32 (H, W, C) softmax, C = 2 or 3 -> int32 (H, W) instance ids 1..K.
 
@@ -65,6 +65,13 @@ def instances_from_semantic(
         interior = fg & (prob[..., 1] >= prob[..., 2]) & (prob[..., 1] >= prob[..., 0])
         inst = grow_seeds(fg, interior, int(unet_min_seed_area))
     return remove_small(inst, int(min_object_area))
+
+
+def semantic_instances(maps: Mapping[str, np.ndarray], params: dict[str, Any]) -> np.ndarray:
+    """The semantic families' registry hook: ``seg`` (H, W, C) class probabilities -> instances."""
+    if "seg" not in maps:
+        raise ValueError(f"semantic maps lack 'seg'; got {sorted(maps)}")
+    return instances_from_semantic(maps["seg"], **params)
 
 
 def fill_small_holes(fg: np.ndarray, max_area: int) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Tune post-processing parameters on a trained network's maps.
 
-Defaults in :class:`~hovercrypt.config.PostprocConfig` were set on ground-truth
+Defaults of each family's settings (:mod:`hovercrypt.config_postproc`) were set on ground-truth
 maps, which are clean; a trained network's maps are blurrier and noisier, so
 the best marker and size settings differ per model. The network runs once per
 image (:class:`Case` holds its maps); the search then only re-runs the cheap
@@ -23,31 +23,11 @@ from typing import Any
 
 import numpy as np
 
-from hovercrypt.config import PostprocConfig
+from hovercrypt.config_postproc import PostprocSettings, field_names
 from hovercrypt.data.resample import resize_labels
 from hovercrypt.metrics.evaluate import aggregate, evaluate_detailed
 from hovercrypt.postproc.hv import maps_to_instances
 
-#: Candidate values per parameter and architecture; the start value is always tried too.
-GRIDS: dict[str, dict[str, list[Any]]] = {
-    "hovernet": {
-        "np_thresh": [0.3, 0.4, 0.5, 0.6, 0.7],
-        "marker_thresh": [0.3, 0.4, 0.5, 0.6, 0.7, 0.8],
-        "sobel_ksize_um": [9.5, 14.0, 19.5, 24.0, 28.5],
-        "marker_open_um": [1.0, 2.0, 4.0, 8.0, 12.0, 16.0],
-        "min_marker_area_um2": [20.0, 40.0, 150.0, 400.0, 1000.0, 2500.0, 5000.0],
-        "min_object_area_um2": [100.0, 300.0, 1000.0, 2000.0, 4000.0],
-        "blur_ksize": [1, 3, 5, 7, 9, 11, 15],
-    },
-    "unet": {
-        "unet_fg_thresh": [0.3, 0.4, 0.5, 0.6, 0.7],
-        "unet_min_peak_distance_um": [0.0, 10.0, 20.0, 40.0, 60.0],
-        "unet_split_ratio": [0.2, 0.3, 0.4, 0.5, 0.6, 0.8],
-        "unet_min_seed_area_um2": [10.0, 30.0, 100.0, 300.0],
-        "unet_max_hole_area_um2": [0.0, 500.0, 2000.0, 8000.0, 20000.0],
-        "min_object_area_um2": [100.0, 300.0, 1000.0, 2000.0, 4000.0],
-    },
-}
 METRICS = ("obj_f1", "obj_dice", "pq", "aji")
 
 
@@ -67,7 +47,7 @@ class Case:
 
 
 def score_postproc(
-    cases: Sequence[Case], arch: str, post: PostprocConfig, proc_mpp: float, true_mpp: float
+    cases: Sequence[Case], arch: str, post: PostprocSettings, proc_mpp: float, true_mpp: float
 ) -> dict[str, float]:
     """Pooled ``METRICS`` of ``post`` over ``cases``, plus ``score`` (the search objective).
 
@@ -96,25 +76,32 @@ def score_postproc(
 def tune_postproc(
     cases: Sequence[Case],
     arch: str,
-    start: PostprocConfig,
+    start: PostprocSettings,
     proc_mpp: float,
     true_mpp: float,
     rounds: int = 2,
     grid: dict[str, list[Any]] | None = None,
     min_gain: float = 1e-3,
     log: Callable[[str], None] | None = None,
-) -> tuple[PostprocConfig, list[dict[str, Any]]]:
+) -> tuple[PostprocSettings, list[dict[str, Any]]]:
     """Coordinate descent from ``start``; returns the best config and the trail of accepted moves.
 
     A value replaces the current one only if it raises the score by more than
     ``min_gain``: ties and gains within the noise of a few dozen images keep the
     current value, so the result moves away from the start only for a real
-    improvement. Stops early when a round changes nothing.
+    improvement. Stops early when a round changes nothing. ``grid`` defaults to the family's
+    ``tune_grid`` in the model registry.
     """
-    grid = GRIDS[arch] if grid is None else grid
-    unknown = sorted(set(grid) - {f.name for f in dataclasses.fields(PostprocConfig)})
+    from hovercrypt.models.registry import get_family
+
+    family = get_family(arch, "arch")
+    settings = family.settings_class()
+    if not isinstance(start, settings):
+        raise ValueError(f"start must be {settings.__name__} for {arch}, got {type(start).__name__}")
+    grid = dict(family.tune_grid) if grid is None else grid
+    unknown = sorted(set(grid) - field_names(settings))
     if unknown:
-        raise ValueError(f"grid names unknown post-processing fields {unknown}")
+        raise ValueError(f"grid names unknown post-processing fields {unknown} of {settings.__name__}")
     best = start
     best_s = score_postproc(cases, arch, best, proc_mpp, true_mpp)
     trail: list[dict[str, Any]] = [{"step": "start", **best_s}]

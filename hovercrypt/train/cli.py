@@ -15,6 +15,7 @@ from typing import Any
 
 from hovercrypt.config import Config, ConfigError
 from hovercrypt.io.images import InputError
+from hovercrypt.models.registry import describe_families, get_family
 from hovercrypt.presets import load_config
 from hovercrypt.train import state as st
 from hovercrypt.train.amp import parse_gpus, resolve_amp
@@ -57,15 +58,16 @@ def model_overrides(cfg: Config, args: dict[str, Any]) -> Config:
     """Options that define a new run."""
     d = cfg.to_dict()
     m = d["model"]
-    if args.get("--model"):
+    if args.get("--model") and args["--model"] != m["arch"]:
         m["arch"] = args["--model"]
+        # the post-processing settings are the family's own: another family starts from its defaults
+        d.pop("postproc")
+    family = get_family(m["arch"], "--model")
     if args.get("--mode"):
         m["mode"] = args["--mode"]
     if args.get("--encoder"):
-        if m["arch"] == "unet":
-            m["unet_encoder"] = None if args["--encoder"].lower() == "none" else args["--encoder"]
-        else:
-            m["encoder"] = args["--encoder"]
+        none = family.encoder_optional and args["--encoder"].lower() == "none"
+        m[family.encoder_field] = None if none else args["--encoder"]
     if args.get("--pretrained"):
         if not Path(args["--pretrained"]).is_file():
             raise ConfigError(f"--pretrained={args['--pretrained']}: file not found")
@@ -123,6 +125,9 @@ def run(args: dict[str, Any], script: str, argv: list[str], default_config: str 
 
 
 def _run(args: dict[str, Any], script: str, argv: list[str], default_config: str | Path | None) -> int:
+    if args.get("--list_models"):
+        print(describe_families(), flush=True)
+        return 0
     gpus = parse_gpus(args.get("--gpu"))
     if needs_relaunch(gpus):
         return relaunch_with_torchrun(gpus, script, argv)

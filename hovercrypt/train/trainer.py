@@ -19,14 +19,15 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from hovercrypt.config import Config, ConfigError
+from hovercrypt.config import Config, ConfigError, TrainConfig
 from hovercrypt.io.images import InputError
+from hovercrypt.models.registry import get_family
 from hovercrypt.train import state as st
 from hovercrypt.train.amp import Precision, resolve_amp
 from hovercrypt.train.distributed import DistInfo, barrier
 from hovercrypt.train.logs import TrainLogger
 from hovercrypt.train.optim import make_optimizer
-from hovercrypt.train.validate import foreground_key, validate
+from hovercrypt.train.validate import validate
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -71,11 +72,12 @@ class Trainer:
         self.device = self.info.device
         self.progress = progress and self.info.is_main
         self.arch = cfg.model.arch
+        self.family = get_family(self.arch, "model.arch")
         self.precision = Precision(self.device, resolve_amp(cfg.train.amp, self.device))
         self.best_key = cfg.train.best_metric
-        if self.best_key == "valid/np_dice" and self.arch != "hovernet":
-            self.best_key = foreground_key(self.arch)  # the default names HoVer-Net's NP Dice
-        known = {"train/loss", "valid/loss", foreground_key(self.arch), "valid/pq", "valid/aji"}
+        if self.best_key == TrainConfig.best_metric:  # the default names HoVer-Net's NP Dice
+            self.best_key = self.family.valid_metric
+        known = {"train/loss", "valid/loss", self.family.valid_metric, "valid/pq", "valid/aji"}
         known |= {"valid/img_obj_f1", "valid/img_obj_dice", "valid/img_pq", "valid/img_score"}
         if self.best_key not in known and not (
             self.best_key.startswith(("train/", "valid/")) and self.best_key.endswith("_loss")
@@ -198,7 +200,7 @@ class Trainer:
     def _datasets(self):
         from hovercrypt.data.dataset import PatchDataset
 
-        kw = {"targets": "hovernet" if self.arch == "hovernet" else "unet", "seed": self.cfg.train.seed}
+        kw = {"targets": self.arch, "seed": self.cfg.train.seed}  # the family's own targets
         root = Path(self.cfg.data.patch_dir)
         if self.cfg.data.sampling == "crops":
             from hovercrypt.data.crops import CropDataset
@@ -233,9 +235,7 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def _loss(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
-        from hovercrypt.models.losses import compute_loss
-
-        loss, parts = compute_loss(self.arch, out, batch, self.cfg.train.loss)
+        loss, parts = self.family.compute_loss(out, batch, self.cfg.train.loss)
         return loss, {k: float(v.detach()) if torch.is_tensor(v) else float(v) for k, v in parts.items()}
 
     def train_step(

@@ -20,19 +20,6 @@ from hovercrypt.config import Config
 LossFn = Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]]
 
 
-def foreground_key(arch: str) -> str:
-    """Name of the foreground-Dice metric: NP Dice for HoVer-Net, crypt Dice for the UNet."""
-    return "valid/np_dice" if arch == "hovernet" else "valid/crypt_dice"
-
-
-def _foreground(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], arch: str):
-    """(predicted, true) boolean foreground maps (N, h, w) for Dice."""
-    if arch == "hovernet":
-        return out["np"].argmax(1) == 1, batch["np"] == 1
-    # UNet: class 1 is the crypt (class 2, when present, is the crypt boundary)
-    return out["seg"].argmax(1) == 1, batch["seg"] == 1
-
-
 def _instance_scores(
     model: torch.nn.Module, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], cfg: Config
 ) -> tuple[list[float], list[float]]:
@@ -78,7 +65,9 @@ def validate(
     """Metrics of ``model`` on ``loader`` as ``{"valid/<name>": value}``."""
     was_training = model.training
     model.eval()
-    arch = model.arch
+    from hovercrypt.models.registry import get_family
+
+    family = get_family(model.arch, "arch")
     sums: dict[str, float] = {}
     n_seen = 0
     inter = total = 0.0
@@ -107,7 +96,7 @@ def validate(
         sums["loss"] = sums.get("loss", 0.0) + float(loss) * n
         for k, v in parts.items():  # "np_dice" the loss term must not clash with "np_dice" the score
             sums[f"{k}_loss"] = sums.get(f"{k}_loss", 0.0) + float(v) * n
-        pred_fg, true_fg = _foreground(out, batch, arch)
+        pred_fg, true_fg = family.foreground_masks(out, batch)
         inter += float((pred_fg & true_fg).sum())
         total += float(pred_fg.sum() + true_fg.sum())
         if instance_metrics:
@@ -118,7 +107,7 @@ def validate(
     if n_seen == 0:
         return {}
     metrics = {f"valid/{k}": v / n_seen for k, v in sums.items()}
-    metrics[foreground_key(arch)] = 2.0 * inter / total if total > 0 else 1.0
+    metrics[family.valid_metric] = 2.0 * inter / total if total > 0 else 1.0
     if instance_metrics:
         metrics["valid/pq"] = pooled_pq(pq_counts)
         metrics["valid/aji"] = float(np.mean(ajis)) if ajis else 1.0
