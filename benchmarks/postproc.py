@@ -39,7 +39,9 @@ from skimage.segmentation import watershed as sk_watershed  # noqa: E402
 
 from hovercrypt.config import PostprocConfig  # noqa: E402
 from hovercrypt.io.atomic import atomic_write_text  # noqa: E402
+from hovercrypt.metrics import pq  # noqa: E402
 from hovercrypt.postproc import instance_info, instances_from_maps  # noqa: E402
+from hovercrypt.postproc.profile import timed_instances_from_maps  # noqa: E402
 from hovercrypt.testing.synthetic import noisy_maps, random_ellipses  # noqa: E402
 
 STAGES = ("threshold", "sobel", "energy", "markers", "watershed")
@@ -91,30 +93,6 @@ def reference_instances(
     out = sk_watershed(energy, markers=marker, mask=fg > 0)
     lap("watershed")
     return out
-
-
-def pq(true: np.ndarray, pred: np.ndarray) -> float:
-    """Panoptic quality with IoU > 0.5 matching (unique by construction)."""
-    t = np.unique(true, return_inverse=True)[1].reshape(true.shape)
-    q = np.unique(pred, return_inverse=True)[1].reshape(pred.shape)
-    if true.min() > 0:
-        t = t + 1
-    if pred.min() > 0:
-        q = q + 1
-    nt, nq = int(t.max()), int(q.max())
-    if nt == 0 and nq == 0:
-        return 1.0
-    both = (t > 0) & (q > 0)
-    codes = t[both].astype(np.int64) * (nq + 1) + q[both]
-    pair, inter = np.unique(codes, return_counts=True)
-    ti, qi = pair // (nq + 1), pair % (nq + 1)
-    at, aq = np.bincount(t.ravel(), minlength=nt + 1), np.bincount(q.ravel(), minlength=nq + 1)
-    iou = inter / (at[ti] + aq[qi] - inter)
-    hit = iou > 0.5
-    tp = int(hit.sum())
-    if tp == 0:
-        return 0.0
-    return float(iou[hit].sum() / (tp + 0.5 * (nq - tp) + 0.5 * (nt - tp)))
 
 
 def synthetic_crypts(seed: int) -> tuple[np.ndarray, str]:
@@ -169,15 +147,15 @@ def run_case(
     for inst, np_prob, hv in items:
         instances_from_maps(np_prob, hv, **p)  # warm-up (loads the numba cache)
         for r in range(repeats):
-            ours = instances_from_maps(np_prob, hv, timings=ours_rep[r], clock=clock, **p)
+            ours = timed_instances_from_maps(np_prob, hv, ours_rep[r], clock, **p)
             ref = reference_instances(np_prob, hv, p, ref_rep[r], clock)
             t = clock()
             instance_info(ours)
             info_ms.append((clock() - t) * 1e3)
             if r == 0:
-                pq_ref.append(pq(ref, ours))
-                pq_ours_gt.append(pq(inst, ours))
-                pq_ref_gt.append(pq(inst, ref))
+                pq_ref.append(pq(ref, ours)["pq"])
+                pq_ours_gt.append(pq(inst, ours)["pq"])
+                pq_ref_gt.append(pq(inst, ref)["pq"])
     # best-of-N: the least-disturbed run of each stage (the CI machine is shared); medians go to the JSON
     ours_ms = {s: float(np.min([x[s] for x in ours_rep])) for s in STAGES}
     ref_ms = {s: float(np.min([x[s] for x in ref_rep])) for s in STAGES}

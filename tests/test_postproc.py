@@ -13,28 +13,11 @@ from skimage.segmentation import watershed as sk_watershed
 
 from hovercrypt.config import PostprocConfig, UNetPostproc
 from hovercrypt.data.targets import hv_maps
+from hovercrypt.metrics import pq
 from hovercrypt.postproc import instances_from_maps, maps_to_instances
 from hovercrypt.testing.synthetic import ellipse_mask, noisy_maps, random_ellipses
 
 P = PostprocConfig().pixels(0.93)
-
-
-def pq(true: np.ndarray, pred: np.ndarray) -> float:
-    """Panoptic quality, IoU > 0.5 matching."""
-    nt, npred = int(true.max()), int(pred.max())
-    if nt == 0 and npred == 0:
-        return 1.0
-    both = (true > 0) & (pred > 0)
-    codes = true[both].astype(np.int64) * (npred + 1) + pred[both]
-    pair, inter = np.unique(codes, return_counts=True)
-    ti, pi = pair // (npred + 1), pair % (npred + 1)
-    at = np.bincount(true.ravel(), minlength=nt + 1)
-    ap = np.bincount(pred.ravel(), minlength=npred + 1)
-    iou = inter / (at[ti] + ap[pi] - inter)
-    hit = iou > 0.5
-    tp = int(hit.sum())
-    n_true, n_pred = int((at[1:] > 0).sum()), int((ap[1:] > 0).sum())
-    return 0.0 if tp == 0 else float(iou[hit].sum() / (tp + 0.5 * (n_pred - tp) + 0.5 * (n_true - tp)))
 
 
 def oracle(inst: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +60,7 @@ def test_glas_oracle_recovers_glands(glas_dir: Path) -> None:
         lab = np.ascontiguousarray(lab[::2, ::2]).astype(np.int32)  # 0.465 -> 0.93 um/px
         out = instances_from_maps(*oracle(lab), **P)
         check_ids(out)
-        scores.append(pq(lab, out))
+        scores.append(pq(lab, out)["pq"])
     assert min(scores) >= 0.95, scores
 
 
@@ -89,7 +72,7 @@ def test_touching_crypts_are_split() -> None:
     out = instances_from_maps(np_prob, hv, **P)
     check_ids(out)
     assert out.max() == inst.max()
-    assert pq(inst, out) >= 0.95
+    assert pq(inst, out)["pq"] >= 0.95
     # the whole foreground stays one 4-connected blob where crypts touch, yet it is cut into crypts
     n_blobs = ndi.label(inst > 0)[1]
     assert n_blobs < inst.max()
@@ -105,7 +88,7 @@ def test_two_touching_discs_exact_split() -> None:
     ] = 2
     out = instances_from_maps(*oracle(inst), **P)
     assert out.max() == 2
-    assert pq(inst, out) >= 0.97
+    assert pq(inst, out)["pq"] >= 0.97
 
 
 def test_empty_maps_give_no_instances() -> None:
@@ -122,13 +105,13 @@ def test_single_instance_and_border_instance() -> None:
     m, (y0, x0) = ellipse_mask(70, 60, 35, 22, 0.4, inst.shape)
     inst[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]][m] = 1
     out = instances_from_maps(*oracle(inst), **P)
-    assert out.max() == 1 and pq(inst, out) >= 0.97
+    assert out.max() == 1 and pq(inst, out)["pq"] >= 0.97
 
     border = np.zeros((120, 150), np.int32)
     m, (y0, x0) = ellipse_mask(0, 119, 40, 30, 0.0, border.shape)  # centre on the corner
     border[y0 : y0 + m.shape[0], x0 : x0 + m.shape[1]][m] = 5
     out = instances_from_maps(*oracle(border), **P)
-    assert out.max() == 1 and pq(border, out) >= 0.95
+    assert out.max() == 1 and pq(border, out)["pq"] >= 0.95
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -138,10 +121,10 @@ def test_numba_path_matches_reference_recipe(seed: int) -> None:
     ours = instances_from_maps(np_prob, hv, **P)
     ref = reference_recipe(np_prob, hv, P)
     check_ids(ours)
-    assert pq(ref, ours) >= 0.97
+    assert pq(ref, ours)["pq"] >= 0.97
     # and also with the original nuclei-style parameters
     p2 = {**P, "marker_thresh": 0.4, "marker_open_radius": 3, "sobel_ksize": 15}
-    assert pq(reference_recipe(np_prob, hv, p2), instances_from_maps(np_prob, hv, **p2)) >= 0.97
+    assert pq(reference_recipe(np_prob, hv, p2), instances_from_maps(np_prob, hv, **p2))["pq"] >= 0.97
 
 
 def test_timings() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from hovercrypt.config import Config, ConfigError, DataConfig, ModelConfig, PostprocConfig, UNetPostproc
 from hovercrypt.data.resample import resize_labels
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.postproc.tune import Case, score_postproc, tune_postproc
 from hovercrypt.testing.synthetic import noisy_maps, random_ellipses
 

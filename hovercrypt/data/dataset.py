@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 from hovercrypt.config import Config
 from hovercrypt.data.augment import Augmenter
 from hovercrypt.data.targets import center_crop
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 
 
 def load_patch(path: str | Path) -> np.ndarray:

@@ -15,8 +15,7 @@ from torch import nn
 from hovercrypt.config import MODE_WINDOWS, ConfigError, ModelConfig
 from hovercrypt.models.decoder import DecoderBranch
 from hovercrypt.models.encoder import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    Normalize,
     build_encoder,
     encoder_channels,
     encoder_strides,
@@ -48,8 +47,7 @@ class HoVerNet(nn.Module):
                 for name, n in branch_channels(cfg.nr_types).items()
             }
         )
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalize = Normalize()
         if check:
             self.check_shapes()
 
@@ -59,7 +57,7 @@ class HoVerNet(nn.Module):
         self.eval()
         try:
             with torch.no_grad():
-                x = torch.zeros(1, 3, self.input_size, self.input_size, device=self.mean.device)
+                x = torch.zeros(1, 3, self.input_size, self.input_size, device=self.normalize.mean.device)
                 out = self.forward(x)
         except RuntimeError as e:
             raise ConfigError(
@@ -80,7 +78,7 @@ class HoVerNet(nn.Module):
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"HoVerNet expects (N, 3, H, W) RGB input, got {tuple(x.shape)}")
         size = (int(x.shape[-2]), int(x.shape[-1]))
-        feats = dict(zip(self.strides, self.encoder((x - self.mean) / self.std)))
+        feats = dict(zip(self.strides, self.encoder(self.normalize(x))))
         return {name: dec(feats, size, self.margin) for name, dec in self.decoders.items()}
 
     @torch.no_grad()

@@ -32,7 +32,6 @@ value 0.4) leave margin for that with glands of very different sizes.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -314,28 +313,41 @@ def instances_from_maps(
     min_marker_area: int = 46,
     blur_ksize: int = 3,
     watershed_levels: int = DEFAULT_LEVELS,
-    timings: dict[str, float] | None = None,
-    clock: Callable[[], float] = time.perf_counter,
 ) -> np.ndarray:
     """Instance map (int32, ids 1..K consecutive, 0 = background) from NP and HV maps.
 
     Parameters are in pixels; get them from ``HoVerNetPostproc.pixels(mpp)`` (the
     defaults equal ``HoVerNetPostproc().pixels(0.93)``); an unknown key is a TypeError
-    naming it. If ``timings`` is a dict, the
-    milliseconds spent per stage are added to it, measured with ``clock``
-    (e.g. ``time.thread_time`` for CPU time on a busy machine).
+    naming it. Stage timings: :func:`hovercrypt.postproc.profile.timed_instances_from_maps`.
     """
+    return staged_instances(
+        np_prob, hv, _no_lap, np_thresh, min_object_area, sobel_ksize, marker_thresh,
+        marker_open_radius, min_marker_area, blur_ksize, watershed_levels,
+    )  # fmt: skip
+
+
+def _no_lap(stage: str) -> None:
+    """The stage callback of a normal run: nothing to record."""
+
+
+def staged_instances(
+    np_prob: np.ndarray,
+    hv: np.ndarray,
+    lap: Callable[[str], None],
+    np_thresh: float,
+    min_object_area: int,
+    sobel_ksize: int,
+    marker_thresh: float,
+    marker_open_radius: int,
+    min_marker_area: int,
+    blur_ksize: int,
+    watershed_levels: int,
+) -> np.ndarray:
+    """:func:`instances_from_maps` with ``lap(stage)`` called at the end of each stage
+    (``threshold``, ``sobel``, ``energy``, ``markers``, ``watershed``), for profiling."""
     np_prob, hv = _check_maps(np_prob, hv)
     if sobel_ksize % 2 == 0 or not 1 <= sobel_ksize <= 31:
         raise ValueError(f"sobel_ksize must be odd and in 1..31, got {sobel_ksize}")
-    tick = clock()
-
-    def lap(name: str) -> None:
-        nonlocal tick
-        if timings is not None:
-            now = clock()
-            timings[name] = timings.get(name, 0.0) + (now - tick) * 1e3
-            tick = now
 
     # the float32 threshold compares like NumPy's; small pieces are dropped while painting the labels
     comp, area = components_where(np_prob, np.float32(np_thresh), max(1, int(min_object_area)))

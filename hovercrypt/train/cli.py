@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hovercrypt.config import Config, ConfigError
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.models.registry import describe_families, get_family
 from hovercrypt.presets import load_config
 from hovercrypt.train import state as st

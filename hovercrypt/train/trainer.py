@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from hovercrypt.config import Config, ConfigError, TrainConfig
-from hovercrypt.io.images import InputError
+from hovercrypt.errors import InputError
 from hovercrypt.models.registry import get_family
 from hovercrypt.train import state as st
 from hovercrypt.train.amp import Precision, resolve_amp
