@@ -22,6 +22,9 @@ Options:
                            see the window edge there). Default: the model's infer.window_border.
   --threads=<n>            torch CPU threads; 0 = one per core. Default: the model's infer.threads.
   --channels_last          Store the network's weights channels_last (NHWC) too.
+  --backend=<name>         Network execution: auto, torch, openvino or onnxruntime (CPU only).
+                           auto = OpenVINO on the CPU when installed, else torch.
+                           Default: the model's infer.backend (torch). See README, "Throughput".
   --postproc=<json>        Post-processing fields (see PostprocConfig) that replace the model's
                            stored values: a JSON file, or inline, e.g. '{"np_thresh": 0.6}'.
   --proc_mpp=<um>          (wsi) processing resolution. Default: the model's.
@@ -45,11 +48,11 @@ Options:
   --ray_gpus_per_slide=<n>  (wsi, --ray) GPUs each slide task reserves; > 0 runs the network on
                            the GPU Ray assigns (use instead of --gpu). Default: 0.
   -h --help                Show this help.
+
+Exit codes: 0 done; 1 some images or slides failed (the others are written); 2 bad options or input.
 """
 
 import sys
-
-Exit codes: 0 done; 1 some images or slides failed (the others are written); 2 bad options or input.
 
 from docopt import docopt
 

@@ -7,10 +7,11 @@ then runs ``run_infer.py wsi``'s engine on it with the shipped model (or
 ``--model_path``) once per configuration, each in a fresh child process (so
 its peak RSS is its own):
 
-- ``off``: today's engine: each region predicted on its own (``tile_cache``
-  off) at the training window;
+- ``off``: the engine before issue 15: each region predicted on its own (``tile_cache``
+  off) at the training window, in eager PyTorch;
 - ``on``: the tile cache, ``--window`` px inference windows with
-  ``--window_border``, and the other options given.
+  ``--window_border``, the ``--backend`` (default ``auto``: OpenVINO on the CPU) and the other
+  options given.
 
 Prints s per mm² of tissue, tiles run, peak RSS and crypt counts, and writes
 ``bench_out/wsi_throughput.json`` with ``speedup`` (off time / on time),
@@ -96,6 +97,7 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
         "--tile_shape": str(cfg.get("tile_shape") or ""),
         "--workers": "2",
         "--no_tile_cache": not cfg["tile_cache"],
+        "--backend": cfg["backend"],
     }
     pred = load_predictor(args, wsi=True)
     c = pred.config
@@ -132,6 +134,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--channels_last", action="store_true")
     ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--backend", default="auto", help="backend of the on run (auto: OpenVINO on CPU)")
     ap.add_argument("--tile_shape", type=int, default=0, help="region side (proc px); 0 = the model's")
     ap.add_argument("--out", default="bench_out/wsi_throughput.json")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
@@ -155,6 +158,7 @@ def main() -> int:
             "window_border": 0,
             "channels_last": False,
             "tile_cache": False,
+            "backend": "torch",
             "batch_size": args.batch_size,
         },
         "on": {
@@ -163,6 +167,7 @@ def main() -> int:
             "window_border": args.window_border,
             "channels_last": args.channels_last,
             "tile_cache": True,
+            "backend": args.backend,
             "batch_size": 1 if args.window else args.batch_size,
         },
     }

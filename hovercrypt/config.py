@@ -191,6 +191,8 @@ class TrainConfig:
         self.augment.validate()
 
 
+#: network execution backends of ``infer.backend`` (see :mod:`hovercrypt.infer.backends`)
+BACKENDS = ("auto", "torch", "openvino", "onnxruntime")
 
 
 @dataclass
@@ -210,6 +212,11 @@ class InferConfig:
     tile_cache: bool = True  # wsi: every network tile computed once per slide, shared by regions
     channels_last: bool = False  # NHWC weights too (activations are always NHWC)
     threads: int = 0  # torch intra-op threads; 0 = torch's default (one per core)
+    # network execution: "torch" | "auto" (OpenVINO on the CPU when installed, else torch) |
+    # "openvino" | "onnxruntime" (CPU only; same fp32 maps to float rounding, benchmarks/backends.py).
+    # torch by default: OpenVINO is 1.7x faster per 1024 px window, but its export + compile
+    # (~25 s) ate the gain on a 0.8 mm² slide (README "Throughput")
+    backend: str = "torch"
 
 
 @dataclass
@@ -250,6 +257,8 @@ class Config:
         self.train.validate()
         self._check_postproc_family()
         self.postproc.validate()
+        if self.infer.backend not in BACKENDS:
+            raise ConfigError(f"infer.backend must be one of {list(BACKENDS)}, got {self.infer.backend!r}")
         _ = self.windows
 
     def _check_postproc_family(self) -> None:

@@ -81,7 +81,7 @@ def real_slide_recipe() -> TrainConfig:
 
 
 def glas_hubmap_config(glas_root: str | Path | None = None, hubmap_root: str | Path | None = None) -> Config:
-    """GlaS + HuBMAP crypts, random crops, stain and scale augmentation, `fast` ResNet50 HoVer-Net."""
+    """GlaS + HuBMAP crypts, patch files, stain and scale augmentation, `fast` ResNet50 HoVer-Net."""
     base = glas_config(glas_root)
     data = dataclasses.replace(
         base.data, extra_sources=[hubmap_source(hubmap_root)], patch_dir="data/patches/glas_hubmap"
@@ -94,7 +94,7 @@ def glas_config(root: str | Path | None = None) -> Config:
 
     GlaS is scanned at 0.465 um/px; processing at 0.93 um/px (an exact 2x
     downsample) puts a typical gland (100-250 um) inside the 256 px input window.
-    Training uses random crops of the whole images and the real-slide recipe.
+    Training uses the patch files (the ablation winner) and the real-slide recipe.
     ``root`` defaults to ``<data_root()>/glas/train``.
     """
     root = str(root if root is not None else data_root() / "glas" / "train")
@@ -114,7 +114,9 @@ def glas_config(root: str | Path | None = None) -> Config:
             patient_column="patient_id",
             image_mpp=0.465,
             patch_dir="data/patches/glas",
-            sampling="crops",
+            # the patch files won the short-budget ablation (README "Recipe ablation": GlaS
+            # object F1 0.618 vs 0.377 for random crops at 120 steps); crops remain an option
+            sampling="patches",
             crops_per_epoch=400,
         ),
         train=real_slide_recipe(),

@@ -45,6 +45,16 @@ def int_opt(args: Mapping[str, Any], key: str, default: int, minimum: int = 1) -
     return n
 
 
+def backend_opt(args: Mapping[str, Any], default: str) -> str:
+    """``--backend`` (checked against :data:`hovercrypt.infer.backends.BACKENDS`), else ``default``."""
+    from hovercrypt.config import BACKENDS
+
+    v = args.get("--backend") or default
+    if v not in BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {v!r}")
+    return str(v)
+
+
 def checkpoint_path(args: Mapping[str, Any]) -> Path:
     """``--model_path`` (default: the shipped model), checked to exist."""
     model_path = args.get("--model_path")
@@ -103,6 +113,7 @@ def config_from_args(args: Mapping[str, Any], cfg: Config, wsi: bool = False) ->
         "window_border": int_opt(args, "--window_border", int(infer.window_border), minimum=0),
         "channels_last": bool(infer.channels_last) or bool(args.get("--channels_last")),
         "threads": int_opt(args, "--threads", int(infer.threads), minimum=0),
+        "backend": backend_opt(args, str(infer.backend)),
     }
     if wsi:
         changes["tile_shape"] = int_opt(args, "--tile_shape", int(infer.tile_shape))

@@ -10,10 +10,13 @@ tiling, stitching and export can be checked exactly without training a model.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from hovercrypt.errors import ConfigError
 
 #: map channels whose sign flips with the image: (map name, channel, axis flipped).
 #: HV channel 0 is the x offset (negated by a horizontal flip), channel 1 the y offset.
@@ -118,6 +121,7 @@ class NetworkPredictor:
         window_border: int = 0,
         channels_last: bool = False,
         threads: int = 0,
+        backend: str = "torch",
     ) -> None:
         import torch
 
@@ -144,21 +148,36 @@ class NetworkPredictor:
         self.context = (self.input_size - self.output_size) // 2
         self.stride = int(max(getattr(model, "strides", None) or [getattr(model, "size_multiple", 1)]))
         self.window_border = 0
+        self.threads = 0
+        self._runner: Any = None  # compiled network of a non-torch backend, built on first use
         check_predictor(self)
-        self.configure(window, window_border, channels_last, threads)
+        self.configure(window, window_border, channels_last, threads, backend)
 
     def configure(
-        self, window: int = 0, window_border: int = 0, channels_last: bool = False, threads: int = 0
+        self,
+        window: int = 0,
+        window_border: int = 0,
+        channels_last: bool = False,
+        threads: int = 0,
+        backend: str = "torch",
     ) -> None:
-        """Inference window (:meth:`set_window`), memory format and torch threads (``InferConfig``).
+        """Inference window (:meth:`set_window`), memory format, threads and backend (``InferConfig``).
 
         The input is always NHWC (channels_last); ``channels_last`` stores the weights NHWC too,
         which changes the maps only by float rounding (off by default: not measured to pay off).
         ``threads`` > 0 sets torch's intra-op threads, which is
-        process-wide (0 leaves torch's default, one per core).
+        process-wide (0 leaves torch's default, one per core). ``backend``: see
+        :mod:`hovercrypt.infer.backends` (``auto`` = OpenVINO on the CPU when installed).
         """
         import torch
 
+        from hovercrypt.infer.backends import resolve_backend
+
+        self.backend_requested = backend
+        backend = resolve_backend(backend, self.device.type)
+        if backend != getattr(self, "backend", None) or int(threads) != self.threads:
+            self._runner = None
+        self.backend, self.threads = backend, int(threads)
         if threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = torch's default), got {threads}")
         if threads:
@@ -174,7 +193,7 @@ class NetworkPredictor:
             raise ValueError(f"batch_size must be >= 1, got {infer.batch_size}")
         self.batch_size, self.tta = int(infer.batch_size), bool(infer.tta)
         window, border = int(infer.window), int(infer.window_border)
-        self.configure(window, border, bool(infer.channels_last), int(infer.threads))
+        self.configure(window, border, bool(infer.channels_last), int(infer.threads), str(infer.backend))
 
     def set_window(self, window: int, border: int = 0) -> None:
         """Run the network on ``window`` px inputs instead of its training window.
@@ -243,6 +262,8 @@ class NetworkPredictor:
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
     def _forward(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        if self.backend != "torch":
+            return self._forward_compiled(tiles)
         import torch
 
         x = torch.from_numpy(np.ascontiguousarray(tiles))
@@ -259,6 +280,34 @@ class NetworkPredictor:
         if c:  # drop the border where a padded network sees the window edge
             maps = {k: v[:, c:-c, c:-c] for k, v in maps.items()}
         return {k: v.float().cpu().numpy().astype(np.float32, copy=False) for k, v in maps.items()}
+
+    def _forward_compiled(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
+        """The same maps from the OpenVINO / ONNX Runtime graph (fp32; equal to float rounding)."""
+        if self._runner is None:
+            from hovercrypt.infer.backends import make_runner
+
+            self._runner = make_runner(self.backend, self.model, self.threads)
+        x = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
+        try:  # the first call per window size exports and compiles the graph
+            maps = self._runner(x)
+        except Exception as e:  # export/compile failures come as many exception types
+            if self.backend_requested != "auto":
+                raise ConfigError(
+                    f"infer.backend={self.backend!r} cannot run this {self.arch} model "
+                    f"({type(e).__name__}: {e}); use --backend=torch"
+                ) from e
+            warnings.warn(
+                f"{self.backend} cannot compile this {self.arch} model ({type(e).__name__}); "
+                "running it in PyTorch (set infer.backend='torch' to skip the attempt)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            self.backend, self._runner = "torch", None
+            return self._forward(tiles)
+        c = self.window_border
+        if c:
+            maps = {k: v[:, c:-c, c:-c] for k, v in maps.items()}
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
 
     def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
         if tiles.ndim != 4 or tiles.shape[1:] != (self.input_size, self.input_size, 3):
