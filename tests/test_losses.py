@@ -113,5 +113,5 @@ def test_dice_of_absent_class_is_zero_and_errors_are_clear():
         hovernet_loss(bad, b, LossWeights())
     with pytest.raises(KeyError, match="hv"):
         hovernet_loss({"np": b["np"]}, {"np": b["np"]}, LossWeights())
-    with pytest.raises(ConfigError, match="segformer"):
-        compute_loss("segformer", bad, b, LossWeights())
+    with pytest.raises(ConfigError, match="maskrcnn"):
+        compute_loss("maskrcnn", bad, b, LossWeights())

@@ -130,7 +130,7 @@ def test_run_infer_postproc_file_overrides_the_checkpoint(tmp_path: Path, capsys
     ckpt = _tiny_checkpoint(tmp_path)
     override = tmp_path / "post.json"
     override.write_text(json.dumps({"np_thresh": 0.35, "min_object_area_um2": 250}))
-    pred = load_predictor({"--model_path": str(ckpt), "--postproc": str(override), "--gpu": ""}, 2)
+    pred = load_predictor({"--model_path": str(ckpt), "--postproc": str(override), "--gpu": ""})
     assert pred.config.postproc == PostprocConfig(np_thresh=0.35, min_object_area_um2=250.0)
     assert isinstance(pred.config.postproc.min_object_area_um2, float)
 
