@@ -21,33 +21,23 @@ Usage: python benchmarks/backends.py [--window 1024] [--threads 2] [--repeats 3]
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from hovercrypt.infer.backends import _MapsGraph, make_runner
 from hovercrypt.io.atomic import atomic_write_text
 from hovercrypt.models.checkpoint import default_model_path, load_model
 
 GLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glas" / "train"
-
-
-class MapsModule(torch.nn.Module):
-    """Network + ``to_maps`` as one graph with tensor outputs in a fixed key order (for export)."""
-
-    def __init__(self, model: torch.nn.Module, keys: list[str]) -> None:
-        super().__init__()
-        self.model, self.keys = model, keys
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        maps = self.model.to_maps(self.model(x))
-        return tuple(maps[k] for k in self.keys)
 
 
 def tissue_window(window: int, mpp: float) -> np.ndarray:
@@ -66,8 +56,8 @@ def tissue_window(window: int, mpp: float) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 
-def _time(fn: Callable[[], list[np.ndarray]], repeats: int) -> tuple[float, list[np.ndarray]]:
-    out = fn()  # warm-up (graph compilation, allocations)
+def _time(fn: Callable[[], dict[str, np.ndarray]], repeats: int) -> tuple[float, dict[str, np.ndarray]]:
+    out = fn()  # warm-up (graph export and compilation, allocations)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -79,59 +69,37 @@ def _time(fn: Callable[[], list[np.ndarray]], repeats: int) -> tuple[float, list
 def run_backends(
     model: torch.nn.Module, x: np.ndarray, names: list[str], threads: int, repeats: int
 ) -> dict[str, dict]:
-    """Time every backend in ``names`` on input ``x``; maps are compared with ``torch``'s."""
+    """Time every backend in ``names`` on input ``x``; maps are compared with ``torch``'s.
+
+    The compiled backends are the library's own runners (:func:`make_runner`), so this measures
+    exactly what ``--backend`` runs; ``openvino`` only drops their fp32 precision hint.
+    """
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x).contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        keys = sorted(model.to_maps(model(xt[..., :256, :256])))
-    wrapped = MapsModule(model, keys).eval()
-    results: dict[str, dict] = {}
-    tmp = Path(tempfile.mkdtemp(prefix="hc_backends_"))
-    onnx_path = tmp / "model.onnx"
+    graph = _MapsGraph(model)
 
-    def torch_fn(m: torch.nn.Module) -> Callable[[], list[np.ndarray]]:
-        def fn() -> list[np.ndarray]:
+    def torch_fn(m: torch.nn.Module) -> Callable[[], dict[str, np.ndarray]]:
+        def fn() -> dict[str, np.ndarray]:
             with torch.inference_mode():
-                return [t.numpy() for t in m(xt)]
+                return {k: t.numpy() for k, t in zip(graph.keys, m(xt))}
 
         return fn
 
-    def export() -> None:
-        if not onnx_path.is_file():
-            torch.onnx.export(
-                wrapped,
-                (torch.from_numpy(x),),
-                str(onnx_path),
-                input_names=["x"],
-                output_names=keys,
-                dynamo=False,
-                opset_version=17,
-            )
-
+    results: dict[str, dict] = {}
     for name in names:
         if name == "torch":
-            fn = torch_fn(wrapped)
+            fn = torch_fn(graph.module)
         elif name == "torch_cl":
-            import copy
-
-            fn = torch_fn(copy.deepcopy(wrapped).to(memory_format=torch.channels_last))
-        elif name == "onnxruntime":
-            import onnxruntime as ort
-
-            export()
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            sess = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
-            fn = lambda sess=sess: sess.run(None, {"x": x})  # noqa: E731
-        elif name.startswith("openvino"):
+            fn = torch_fn(copy.deepcopy(graph.module).to(memory_format=torch.channels_last))
+        elif name in ("onnxruntime", "openvino_f32"):
+            fn = partial(make_runner(name.removesuffix("_f32"), model, threads), x)
+        elif name == "openvino":
             import openvino as ov
 
-            export()
             props = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-            if name == "openvino_f32":
-                props["INFERENCE_PRECISION_HINT"] = "f32"
-            compiled = ov.Core().compile_model(str(onnx_path), "CPU", props)
-            fn = lambda c=compiled: [np.asarray(v) for v in c(x).values()]  # noqa: E731
+            core = ov.Core()
+            compiled = core.compile_model(core.read_model(graph.onnx_bytes(x.shape[2])), "CPU", props)
+            fn = lambda c=compiled: dict(zip(graph.keys, (np.asarray(v) for v in c(x).values())))  # noqa: E731
         else:
             raise SystemExit(f"error: unknown backend {name!r}")
         sec, out = _time(fn, repeats)
@@ -140,7 +108,7 @@ def run_backends(
     for r in results.values():
         maps = r.pop("maps")
         r["speedup"] = round(results["torch"]["s_per_window"] / r["s_per_window"], 3)
-        r["max_abs_diff"] = {k: float(np.abs(a - b).max()) for k, a, b in zip(keys, maps, ref_maps)}
+        r["max_abs_diff"] = {k: float(np.abs(maps[k] - ref_maps[k]).max()) for k in graph.keys}
     return results
 
 
