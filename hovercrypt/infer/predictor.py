@@ -276,10 +276,13 @@ class NetworkPredictor:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             maps = self.model.to_maps(self.model(x))
-        c = self.window_border
-        if c:  # drop the border where a padded network sees the window edge
-            maps = {k: v[:, c:-c, c:-c] for k, v in maps.items()}
+        maps = self._drop_border(maps)
         return {k: v.float().cpu().numpy().astype(np.float32, copy=False) for k, v in maps.items()}
+
+    def _drop_border(self, maps: dict[str, Any]) -> dict[str, Any]:
+        """Drop ``window_border`` px on each side, where a padded network sees the window edge."""
+        c = self.window_border
+        return {k: v[:, c:-c, c:-c] for k, v in maps.items()} if c else maps
 
     def _forward_compiled(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
         """The same maps from the OpenVINO / ONNX Runtime graph (fp32; equal to float rounding)."""
@@ -304,10 +307,7 @@ class NetworkPredictor:
             )
             self.backend, self._runner = "torch", None
             return self._forward(tiles)
-        c = self.window_border
-        if c:
-            maps = {k: v[:, c:-c, c:-c] for k, v in maps.items()}
-        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in maps.items()}
+        return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self._drop_border(maps).items()}
 
     def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
         if tiles.ndim != 4 or tiles.shape[1:] != (self.input_size, self.input_size, 3):
