@@ -17,6 +17,8 @@ Options:
   --resume=<path>            Continue a run: a checkpoint file, or a log folder (uses its last.pt).
   --encoder=<name>           timm encoder (resnet50, resnet18, ...). UNet: "none" = classic UNet.
   --pretrained=<path>        Local encoder weights (timm or torchvision state dict).
+  --init_from=<ckpt>         Start from all weights of a hovercrypt checkpoint with the same model
+                             (fine-tuning; a new schedule, unlike --resume). Sets train.init_from.
   --mode=<mode>              Network windows: original (270 -> 80) or fast (256 -> 164).
   --model=<arch>             Model family: hovernet or unet (--list_models prints all registered).
   --gpu=<ids>                GPU id(s): "0", or "0,1" for DDP over several GPUs; empty = CPU.

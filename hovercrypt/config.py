@@ -154,6 +154,9 @@ class TrainConfig:
     valid_images: bool = False
     valid_every: int = 1  # image validation every N epochs (and always after the last one)
     valid_patches: bool = True  # losses / NP Dice on the validation patches every epoch
+    # whole-model weights of a hovercrypt checkpoint of the same model config to start from
+    # (fine-tuning, or continuing a finished run with a new schedule); None = encoder init only
+    init_from: str | None = None
 
     def validate(self) -> None:
         if not self.phases:

@@ -132,14 +132,39 @@ def load_model(
     # the weights come from the checkpoint: never re-read the (maybe absent) pretrained file
     model_cfg = dataclasses.replace(cfg.model, pretrained=None)
     model = build_model(model_cfg)
+    _load_weights(model, ck, path, f"the {arch} model rebuilt from its config")
+    return model.to(device).eval(), cfg
+
+
+def _load_weights(model: nn.Module, ck: dict[str, Any], path: Path, what: str) -> None:
+    """fp16 exports load into fp32 models; any key mismatch is an error naming the file."""
     state = {k: v.float() if torch.is_floating_point(v) else v for k, v in ck["model"].items()}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise InputError(
-            f"{path}: weights do not match the {arch} model rebuilt from its config "
+            f"{path}: weights do not match {what} "
             f"(missing: {result.missing_keys[:5]}, unexpected: {result.unexpected_keys[:5]})"
         )
-    return model.to(device).eval(), cfg
+
+
+def load_init_weights(model: nn.Module, path: str | Path, model_cfg: Any) -> None:
+    """Start a new run from a finished checkpoint's weights (``train.init_from``).
+
+    Unlike ``--resume`` this begins a fresh schedule (phases, optimiser, epochs)
+    under the new config; only the weights are taken, so the model definition must
+    match the checkpoint's exactly (the encoder's ``pretrained`` file aside).
+    """
+    path = Path(path)
+    ck = load_checkpoint(path)
+    theirs = Config.from_dict(ck["config"]).model
+    differ = [
+        f.name for f in dataclasses.fields(theirs)
+        if f.name != "pretrained" and getattr(theirs, f.name) != getattr(model_cfg, f.name)
+    ]
+    if differ:
+        shown = ", ".join(f"{k}={getattr(theirs, k)!r} (this run: {getattr(model_cfg, k)!r})" for k in differ)
+        raise ConfigError(f"train.init_from={path}: the checkpoint's model differs from this run's: {shown}")
+    _load_weights(model, ck, path, "the model of this run's config")
 
 
 def export_for_inference(src: str | Path, dst: str | Path, half: bool = True) -> Path:

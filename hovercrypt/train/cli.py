@@ -23,7 +23,9 @@ from hovercrypt.train.distributed import cleanup, needs_relaunch, relaunch_with_
 from hovercrypt.train.trainer import LAST, Trainer, resolve_resume
 
 #: options that define the model / optimisation and therefore cannot change on --resume
-_FIXED_ON_RESUME = ("--config", "--encoder", "--pretrained", "--mode", "--model", "--batch_size", "--seed")
+_FIXED_ON_RESUME = (
+    "--config", "--encoder", "--pretrained", "--mode", "--model", "--batch_size", "--seed", "--init_from",
+)
 
 
 def _int(args: dict[str, Any], key: str) -> int | None:
@@ -72,6 +74,10 @@ def model_overrides(cfg: Config, args: dict[str, Any]) -> Config:
         if not Path(args["--pretrained"]).is_file():
             raise ConfigError(f"--pretrained={args['--pretrained']}: file not found")
         m["pretrained"] = args["--pretrained"]
+    if args.get("--init_from"):
+        if not Path(args["--init_from"]).is_file():
+            raise ConfigError(f"--init_from={args['--init_from']}: file not found")
+        d["train"]["init_from"] = args["--init_from"]
     bs = _int(args, "--batch_size")
     if bs is not None:
         for phase in d["train"]["phases"]:

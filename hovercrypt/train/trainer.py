@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from hovercrypt.config import Config, ConfigError, TrainConfig
 from hovercrypt.errors import InputError
+from hovercrypt.models.checkpoint import load_init_weights
 from hovercrypt.models.registry import get_family
 from hovercrypt.train import state as st
 from hovercrypt.train.amp import Precision, resolve_amp
@@ -98,6 +99,8 @@ class Trainer:
         # on resume the weights come from the checkpoint: do not require the pretrained file again
         model_cfg = dataclasses.replace(cfg.model, pretrained=None) if resume_state else cfg.model
         self.model = build_model(model_cfg).to(self.device)
+        if cfg.train.init_from and not resume_state:
+            load_init_weights(self.model, cfg.train.init_from, cfg.model)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_files = patch_files(cfg.data.patch_dir, "train")
