@@ -240,3 +240,31 @@ def test_pretrained_encoder_keeps_its_batchnorm_statistics_while_it_trains(patch
     after = [b for n, b in trainer.model.encoder.named_buffers() if "running_mean" in n]
     assert not all(torch.equal(a, p) for a, p in zip(params, trainer.model.encoder.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(stats, after)) == freeze_bn
+
+
+def test_init_from_starts_a_new_schedule_from_the_checkpoint_weights(patch_dir, tmp_path):
+    """train.init_from copies every weight of a finished run (fp16 export too) and restarts epochs at 0."""
+    import dataclasses
+
+    from hovercrypt.models.checkpoint import export_for_inference
+    from hovercrypt.train.trainer import LAST, Trainer
+
+    first = Trainer(tiny_config(patch_dir, epochs=(1,)), tmp_path / "first", progress=False)
+    first.fit()
+    half = export_for_inference(tmp_path / "first" / LAST, tmp_path / "first_fp16.pt")
+
+    cfg = tiny_config(patch_dir, epochs=(0, 1))
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, init_from=str(half)))
+    second = Trainer(cfg, tmp_path / "second", progress=False)
+    assert second.start_epoch == 0 and second.global_step == 0
+    a, b = first.model.state_dict(), second.model.state_dict()
+    for k in a:  # fp16 rounding only
+        torch.testing.assert_close(b[k].float(), a[k].float(), rtol=1e-3, atol=1e-3, msg=k)
+    fresh = Trainer(tiny_config(patch_dir, epochs=(0, 1)), tmp_path / "fresh", progress=False)
+    conv = "encoder.conv1.weight" if "encoder.conv1.weight" in a else next(iter(a))
+    assert not torch.allclose(fresh.model.state_dict()[conv].float(), a[conv].float())
+
+    # another model definition is a one-line config error naming the checkpoint and the field
+    other = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, decoder_width=0.5))
+    with pytest.raises(ConfigError, match=r"first_fp16\.pt.*decoder_width"):
+        Trainer(other, tmp_path / "other", progress=False)
