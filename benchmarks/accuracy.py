@@ -151,10 +151,17 @@ def save_overlay(path: Path, image: np.ndarray, true: np.ndarray, pred: np.ndarr
     write_png(path, small)
 
 
-def evaluate_all(ckpt: Path, sets: list, args: dict, out_dir: Path) -> dict[str, Any]:
-    """Plain GlaS, robustness, and HuBMAP results of one checkpoint."""
+def evaluate_all(
+    ckpt: Path, sets: list, args: dict, out_dir: Path, pred: NetworkPredictor | None = None
+) -> dict[str, Any]:
+    """Plain GlaS, robustness, and HuBMAP results of one checkpoint.
+
+    ``pred``: the checkpoint already loaded (``benchmarks/families.py`` counts its parameters
+    and fixes its backend first); by default it is loaded here with ``--batch_size`` / ``--tta``.
+    """
     bs = int(args["--batch_size"])
-    pred = NetworkPredictor.from_checkpoint(ckpt, batch_size=bs, tta=bool(args["--tta"]))
+    if pred is None:
+        pred = NetworkPredictor.from_checkpoint(ckpt, batch_size=bs, tta=bool(args["--tta"]))
     radius = float(args["--radius_um"])
     norm = None
     if args["--stain_norm"] == "reinhard":  # target: the GlaS *training* images (never validation)

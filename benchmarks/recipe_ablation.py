@@ -22,7 +22,8 @@ knobs in turn, so each row differs from the one above it by one change:
 
 Each row runs ``run_train.py`` in a child process under ``--log_root``/<row>; a finished row
 (its ``metrics.csv`` holds the last epoch) is not run again, an interrupted one resumes from its
-``last.pt``. Writes ``bench_out/recipe_ablation.json`` and prints a Markdown table.
+``last.pt`` (the machinery is shared with ``families.py``: ``_train_rows.py``). Writes
+``bench_out/recipe_ablation.json`` and prints a Markdown table.
 
 Usage: python benchmarks/recipe_ablation.py [--rows A_previous,B_crops,...] [--steps_per_epoch 40]
        [--log_root logs/ablation] [--pretrained ../shared/weights/resnet50_imagenet_msra.pth]
@@ -33,34 +34,24 @@ Usage: python benchmarks/recipe_ablation.py [--rows A_previous,B_crops,...] [--s
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import json
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from _train_rows import (
+    DEFAULT_PRETRAINED,
+    budget_config,
+    run_row,
+    total_epochs,
+    without_image_validation,
+    write_json,
+)
+
 from hovercrypt.config import Config
-from hovercrypt.io.atomic import atomic_write_text
-from hovercrypt.presets import glas_hubmap_config
 
-ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("img_obj_f1", "img_obj_dice", "img_pq")
-
-
-def _base(steps: int) -> Config:
-    """The shipped preset at the short budget: 1 + 2 epochs of ``steps`` batches of 4."""
-    cfg = glas_hubmap_config()
-    warmup = max(1, steps // 5)
-    phases = [
-        dataclasses.replace(cfg.train.phases[0], epochs=1, warmup_steps=warmup),
-        dataclasses.replace(cfg.train.phases[1], epochs=2, warmup_steps=warmup),
-    ]
-    train = dataclasses.replace(cfg.train, phases=phases, max_steps_per_epoch=steps, valid_every=3)
-    data = dataclasses.replace(cfg.data, crops_per_epoch=4 * steps)
-    return dataclasses.replace(cfg, data=data, train=train)
 
 
 def _previous(cfg: Config) -> Config:
@@ -75,7 +66,7 @@ def _previous(cfg: Config) -> Config:
 
 def row_configs(steps: int) -> dict[str, Config]:
     """Each row = the row above + one change; E is the shipped recipe at this budget."""
-    base = _base(steps)
+    base = budget_config(steps)
     a = _previous(base)
     b = dataclasses.replace(a, data=dataclasses.replace(a.data, sampling="crops"))
     c = dataclasses.replace(b, train=dataclasses.replace(b.train, phases=base.train.phases))
@@ -97,44 +88,12 @@ def row_configs(steps: int) -> dict[str, Config]:
     return {k: dataclasses.replace(v, name=k) for k, v in rows.items()}
 
 
-def _finished(log_dir: Path, n_epochs: int) -> dict[str, str] | None:
-    path = log_dir / "metrics.csv"
-    if not path.is_file():
-        return None
-    rows = list(csv.DictReader(path.open()))
-    return rows[-1] if rows and int(rows[-1]["epoch"]) >= n_epochs else None
-
-
-def _train(name: str, cfg: Config, log_dir: Path, args: argparse.Namespace) -> float:
-    """Run (or resume) one row in a child process; returns its wall time in s."""
-    log_dir.mkdir(parents=True, exist_ok=True)
-    cfg_path = log_dir / "row_config.json"
-    atomic_write_text(cfg_path, json.dumps(cfg.to_dict(), indent=1))
-    cmd = [sys.executable, str(ROOT / "run_train.py"), "--no_progress", f"--num_workers={args.num_workers}"]
-    if (log_dir / "last.pt").is_file():
-        cmd += [f"--resume={log_dir}"]
-    else:
-        cmd += [f"--config={cfg_path}", f"--log_dir={log_dir}", f"--pretrained={args.pretrained}"]
-    if args.smoke:
-        cmd += ["--max_steps_per_epoch=1"]
-    print(f"[{name}] {' '.join(cmd)}", flush=True)
-    t0 = time.perf_counter()
-    with (log_dir / "train.log").open("a") as log:
-        subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    return time.perf_counter() - t0
-
-
-def _smoke(cfg: Config) -> Config:
-    train = dataclasses.replace(cfg.train, valid_images=False, best_metric="train/loss", best_mode="min")
-    return dataclasses.replace(cfg, train=train)
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rows", default="")
     p.add_argument("--steps_per_epoch", type=int, default=40)
     p.add_argument("--log_root", default="logs/ablation")
-    p.add_argument("--pretrained", default=str(ROOT.parent / "shared/weights/resnet50_imagenet_msra.pth"))
+    p.add_argument("--pretrained", default=DEFAULT_PRETRAINED)
     p.add_argument("--num_workers", type=int, default=1)
     p.add_argument("--out", default="bench_out/recipe_ablation.json")
     p.add_argument("--smoke", action="store_true")
@@ -146,33 +105,21 @@ def main() -> int:
     unknown = sorted(set(names) - set(configs))
     if unknown:
         sys.exit(f"error: unknown rows {unknown}; choose from {list(configs)}")
-    prepare: Callable[[Config], Config] = _smoke if args.smoke else (lambda c: c)
+    prepare: Callable[[Config], Config] = without_image_validation if args.smoke else (lambda c: c)
     root = Path(args.log_root) / ("smoke" if args.smoke else "")
+    fresh = [f"--pretrained={args.pretrained}"]
     results: dict[str, dict] = {}
     for name in names:
         cfg = prepare(configs[name])
-        log_dir = root / name
-        n_epochs = sum(ph.epochs for ph in cfg.train.phases)
-        wall = None
-        if _finished(log_dir, n_epochs) is None:
-            wall = _train(name, cfg, log_dir, args)
-        last = _finished(log_dir, n_epochs)
-        if last is None:
-            sys.exit(f"error: {log_dir}: training ended before epoch {n_epochs} (see train.log)")
-        rows = list(csv.DictReader((log_dir / "metrics.csv").open()))
-        res: dict = {
-            "wall_s": wall,
-            "train_s": round(sum(float(r["seconds"]) for r in rows), 1),
-            "steps": args.steps_per_epoch * n_epochs,
-        }
-        for key, v in last.items():
+        run = run_row(name, cfg, root / name, args.num_workers, args.smoke, fresh)
+        steps = args.steps_per_epoch * total_epochs(cfg)
+        res: dict = {"wall_s": run.wall_s, "train_s": run.train_s, "steps": steps}
+        for key, v in run.last.items():
             if key.startswith("valid/img_") and v not in ("", None):
                 res[key.removeprefix("valid/")] = round(float(v), 4)
         results[name] = res
         print(f"[{name}] {json.dumps(res)}", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out, json.dumps({"steps_per_epoch": args.steps_per_epoch, "rows": results}, indent=1))
+    write_json(args.out, {"steps_per_epoch": args.steps_per_epoch, "rows": results})
     print("\n| row | GlaS obj F1 | GlaS obj Dice | HuBMAP obj F1 | HuBMAP obj Dice | train s |")
     print("|---|---|---|---|---|---|")
     for name, r in results.items():
