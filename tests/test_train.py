@@ -260,6 +260,20 @@ def test_init_from_starts_a_new_schedule_from_the_checkpoint_weights(patch_dir, 
     a, b = first.model.state_dict(), second.model.state_dict()
     for k in a:  # fp16 rounding only
         torch.testing.assert_close(b[k].float(), a[k].float(), rtol=1e-3, atol=1e-3, msg=k)
+    # the encoder is trained, not random (no --pretrained here): phase 1 may freeze it, and
+    # train.freeze_encoder_bn keeps its BatchNorm layers in eval mode while it trains
+    assert second.encoder_trained and not cfg.model.pretrained
+    frozen_cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, phases=tiny_config(patch_dir, epochs=(1, 1)).train.phases))
+    frozen = Trainer(frozen_cfg, tmp_path / "frozen", progress=False)
+    frozen.enter_phase(0)
+    assert not any(q.requires_grad for q in frozen.model.encoder.parameters())
+    second.enter_phase(1)
+    second.train_mode()
+    bns = [m for m in second.model.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and not any(m.training for m in bns)
+    assert any(q.requires_grad for q in second.model.encoder.parameters())
+
     fresh = Trainer(tiny_config(patch_dir, epochs=(0, 1)), tmp_path / "fresh", progress=False)
     conv = "encoder.conv1.weight" if "encoder.conv1.weight" in a else next(iter(a))
     assert not torch.allclose(fresh.model.state_dict()[conv].float(), a[conv].float())

@@ -96,11 +96,16 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
         st.seed_everything(st.init_seed(cfg.train.seed))  # weight init depends on the seed only
-        # on resume the weights come from the checkpoint: do not require the pretrained file again
-        model_cfg = dataclasses.replace(cfg.model, pretrained=None) if resume_state else cfg.model
+        # on resume (or init_from) the weights come from a checkpoint: the encoder's pretrained
+        # file is neither required nor read, it would be overwritten at once
+        weights_from_checkpoint = resume_state is not None or bool(cfg.train.init_from)
+        model_cfg = dataclasses.replace(cfg.model, pretrained=None) if weights_from_checkpoint else cfg.model
         self.model = build_model(model_cfg).to(self.device)
         if cfg.train.init_from and not resume_state:
             load_init_weights(self.model, cfg.train.init_from, cfg.model)
+        #: the encoder starts from trained weights (ImageNet file or a finished checkpoint), so it
+        #: may be frozen in phase 1 and keeps its BatchNorm statistics (train.freeze_encoder_bn)
+        self.encoder_trained = bool(cfg.model.pretrained or cfg.train.init_from)
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.train_files = patch_files(cfg.data.patch_dir, "train")
@@ -153,7 +158,7 @@ class Trainer:
         if phase.freeze_encoder:
             if encoder is None:
                 self._notice(f"phase {phase.name!r}: model has no .encoder to freeze; training all layers")
-            elif not self.cfg.model.pretrained:
+            elif not self.encoder_trained:
                 # freezing random weights would only waste the phase: the decoders would learn on noise
                 self._notice(
                     f"phase {phase.name!r}: the encoder has random weights (no --pretrained); "
@@ -194,7 +199,7 @@ class Trainer:
             return
         if not any(q.requires_grad for q in encoder.parameters()):
             encoder.eval()
-        elif self.cfg.train.freeze_encoder_bn and self.cfg.model.pretrained:
+        elif self.cfg.train.freeze_encoder_bn and self.encoder_trained:
             for m in encoder.modules():
                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                     m.eval()
