@@ -79,14 +79,13 @@ CONFIG = "glas_hubmap"
 
 
 def family_config(base: Config, family: str, encoder: str) -> Config:
-    """``base`` with the network of ``family`` over ``encoder``; scoring pinned to PyTorch."""
+    """``base`` with the network of ``family`` over ``encoder`` (scoring pins PyTorch in :func:`score`)."""
     fam = get_family(family)
     changes: dict[str, Any] = {"arch": family, fam.encoder_field: encoder}
     if family != "hovernet":
         changes["unet_classes"] = 3  # the boundary class separates touching crypts
     model = dataclasses.replace(base.model, **changes)
-    infer = dataclasses.replace(base.infer, backend="torch")
-    return dataclasses.replace(base, name=f"families_{family}", model=model, infer=infer)
+    return dataclasses.replace(base, name=f"families_{family}", model=model)
 
 
 def _init(family: str, args: argparse.Namespace) -> tuple[str, list[str]]:

@@ -125,15 +125,20 @@ def load_model(
     arch = ck["arch"]
     if expect_arch is not None and expect_arch != arch:
         raise ConfigError(f"checkpoint {path} holds a {arch} model, but --model={expect_arch} was given")
-    try:
-        cfg = Config.from_dict(ck["config"])
-    except (ConfigError, TypeError) as e:
-        raise InputError(f"{path}: stored config is invalid for this hovercrypt version ({e})") from e
+    cfg = _stored_config(ck, path)
     # the weights come from the checkpoint: never re-read the (maybe absent) pretrained file
     model_cfg = dataclasses.replace(cfg.model, pretrained=None)
     model = build_model(model_cfg)
     _load_weights(model, ck, path, f"the {arch} model rebuilt from its config")
     return model.to(device).eval(), cfg
+
+
+def _stored_config(ck: dict[str, Any], path: Path) -> Config:
+    """The checkpoint's own Config; one written by an incompatible version is an error naming the file."""
+    try:
+        return Config.from_dict(ck["config"])
+    except (ConfigError, TypeError) as e:
+        raise InputError(f"{path}: stored config is invalid for this hovercrypt version ({e})") from e
 
 
 def _load_weights(model: nn.Module, ck: dict[str, Any], path: Path, what: str) -> None:
@@ -156,7 +161,7 @@ def load_init_weights(model: nn.Module, path: str | Path, model_cfg: Any) -> Non
     """
     path = Path(path)
     ck = load_checkpoint(path)
-    theirs = Config.from_dict(ck["config"]).model
+    theirs = _stored_config(ck, path).model
     differ = [
         f.name for f in dataclasses.fields(theirs)
         if f.name != "pretrained" and getattr(theirs, f.name) != getattr(model_cfg, f.name)
@@ -183,7 +188,7 @@ def update_stored_postproc(path: str | Path, postproc: Any) -> None:
     the result makes it the checkpoint's default for ``run_infer.py``.
     """
     ck = load_checkpoint(path)
-    cfg = Config.from_dict(ck["config"])
+    cfg = _stored_config(ck, Path(path))
     ck["config"] = dataclasses.replace(cfg, postproc=postproc).to_dict()
     atomic_torch_save(path, ck)
 

@@ -38,6 +38,13 @@ def _int(args: dict[str, Any], key: str) -> int | None:
         raise ConfigError(f"{key} must be an integer, got {v!r}") from e
 
 
+def _existing_file(args: dict[str, Any], key: str) -> str:
+    """The path given for ``key``, checked to exist (a one-line error before any model is built)."""
+    if not Path(args[key]).is_file():
+        raise ConfigError(f"{key}={args[key]}: file not found")
+    return str(args[key])
+
+
 def runtime_overrides(cfg: Config, args: dict[str, Any]) -> Config:
     """Options allowed both for new runs and on resume."""
     d = cfg.to_dict()
@@ -71,13 +78,9 @@ def model_overrides(cfg: Config, args: dict[str, Any]) -> Config:
         none = family.encoder_optional and args["--encoder"].lower() == "none"
         m[family.encoder_field] = None if none else args["--encoder"]
     if args.get("--pretrained"):
-        if not Path(args["--pretrained"]).is_file():
-            raise ConfigError(f"--pretrained={args['--pretrained']}: file not found")
-        m["pretrained"] = args["--pretrained"]
+        m["pretrained"] = _existing_file(args, "--pretrained")
     if args.get("--init_from"):
-        if not Path(args["--init_from"]).is_file():
-            raise ConfigError(f"--init_from={args['--init_from']}: file not found")
-        d["train"]["init_from"] = args["--init_from"]
+        d["train"]["init_from"] = _existing_file(args, "--init_from")
     bs = _int(args, "--batch_size")
     if bs is not None:
         for phase in d["train"]["phases"]:
