@@ -24,7 +24,7 @@ Options:
   --channels_last          Store the network's weights channels_last (NHWC) too.
   --backend=<name>         Network execution: auto, torch, openvino or onnxruntime (CPU only).
                            auto = OpenVINO on the CPU when installed, else torch.
-                           Default: the model's infer.backend (torch). See README, "Throughput".
+                           Default: the model's infer.backend (auto). See README, "Throughput".
   --postproc=<json>        Post-processing fields (see PostprocConfig) that replace the model's
                            stored values: a JSON file, or inline, e.g. '{"np_thresh": 0.6}'.
   --proc_mpp=<um>          (wsi) processing resolution. Default: the model's.

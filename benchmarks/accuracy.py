@@ -17,7 +17,7 @@ whole validation images at their native resolution, and is scored with the same 
 Usage:
   accuracy.py [--hovernet=<ckpt>] [--unet=<ckpt>] [--config=<spec>] [--out=<json>] [--limit=<n>]
               [--radius_um=<um>] [--batch_size=<n>] [--tta] [--no_robustness] [--no_hubmap]
-              [--stain_norm=<method>]
+              [--stain_norm=<method>] [--window=<px>] [--window_border=<px>] [--backend=<name>]
 
 Options:
   --hovernet=<ckpt>       HoVer-Net checkpoint. Default: the shipped model.
@@ -32,6 +32,9 @@ Options:
   --no_robustness         Skip the wrong-um/px and stain-shift runs.
   --no_hubmap             Skip the HuBMAP validation region.
   --stain_norm=<method>   Stain normalisation before inference: none or reinhard [default: none].
+  --window=<px>           Inference window, as run_infer.py --window; 0 = the training window [default: 0].
+  --window_border=<px>    Border dropped around a large window's output [default: 32].
+  --backend=<name>        Network backend: torch, openvino, onnxruntime or auto [default: torch].
 """
 
 from __future__ import annotations
@@ -161,7 +164,12 @@ def evaluate_all(
     """
     bs = int(args["--batch_size"])
     if pred is None:
-        pred = NetworkPredictor.from_checkpoint(ckpt, batch_size=bs, tta=bool(args["--tta"]))
+        window = int(args["--window"] or 0)
+        border = int(args["--window_border"] or 0) if window else 0
+        pred = NetworkPredictor.from_checkpoint(
+            ckpt, batch_size=1 if window else bs, tta=bool(args["--tta"]), window=window,
+            window_border=border, backend=args["--backend"] or "torch",
+        )  # fmt: skip
     radius = float(args["--radius_um"])
     norm = None
     if args["--stain_norm"] == "reinhard":  # target: the GlaS *training* images (never validation)
@@ -173,7 +181,8 @@ def evaluate_all(
         raise SystemExit(f"--stain_norm must be none or reinhard, got {args['--stain_norm']!r}")
     pcfg = pred.config
     res: dict[str, Any] = {
-        "checkpoint": str(ckpt), "arch": pred.arch, "tta": bool(args["--tta"]),
+        "checkpoint": str(ckpt), "arch": pred.arch, "tta": bool(args["--tta"]), "backend": pred.backend,
+        "windows": [pred.input_size, pred.output_size],
         "stain_norm": args["--stain_norm"], "mode": pcfg.model.mode, "proc_mpp": pcfg.proc_mpp,
         "encoder": getattr(pcfg.model, get_family(pred.arch).encoder_field),
     }

@@ -48,7 +48,7 @@ from hovercrypt.data.resample import resize_labels
 from hovercrypt.infer.predictor import NetworkPredictor
 from hovercrypt.infer.tile import predict_resampled
 from hovercrypt.io.atomic import atomic_write_text
-from hovercrypt.models.checkpoint import default_model_path, update_stored_postproc
+from hovercrypt.models.checkpoint import default_model_path, update_stored_config
 from hovercrypt.postproc.tune import METRICS, Case, score_postproc, tune_postproc
 from hovercrypt.presets import load_config
 
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(Path(args["--write_postproc"]), json.dumps(dataclasses.asdict(tuned), indent=2))
         print(f"wrote {args['--write_postproc']}")
     if args["--update_checkpoint"]:
-        update_stored_postproc(ckpt, tuned)
+        update_stored_config(ckpt, postproc=tuned)
         print(f"stored the tuned post-processing in {ckpt} ({arch})")
     return 0
 

@@ -2,22 +2,24 @@
 
 Builds a pyramidal TIFF (JPEG tiles, 0.4 µm/px) from the HuBMAP colon quarters in
 ``../shared/data/hubmap_crypts`` (``--copies`` side-by-side copies of the two
-quarters, mirrored alternately, so the slide grows without repeating seams),
+quarters, mirrored alternately, so the slide grows without repeating seams, in ``--rows``
+rows, every other row flipped upside down: with two rows or more the 2048 px regions form a
+grid, as on a real section, and their margins overlap in both directions),
 then runs ``run_infer.py wsi``'s engine on it with the shipped model (or
 ``--model_path``) once per configuration, each in a fresh child process (so
 its peak RSS is its own):
 
 - ``off``: the engine before issue 15: each region predicted on its own (``tile_cache``
   off) at the training window, in eager PyTorch;
-- ``on``: the tile cache, ``--window`` px inference windows with
-  ``--window_border``, the ``--backend`` (default ``auto``: OpenVINO on the CPU) and the other
-  options given.
+- ``on``: the tile cache, ``--window`` px inference windows with ``--window_border`` (default 0:
+  the training window, as ``run_infer.py``'s default), the ``--backend`` (default ``auto``:
+  OpenVINO on the CPU, the default too) and the other options given.
 
 Prints s per mm² of tissue, tiles run, peak RSS and crypt counts, and writes
 ``bench_out/wsi_throughput.json`` with ``speedup`` (off time / on time),
 ``count_rel_diff`` (|count on - count off| / count off) and ``peak_rss_mb``.
 
-Usage: python benchmarks/wsi_throughput.py [--copies 1] [--crop 0] [--window 1024]
+Usage: python benchmarks/wsi_throughput.py [--copies 1] [--rows 2] [--crop 0] [--window 0] [--workers N]
        [--window_border 32] [--threads 0] [--channels_last] [--model_path CKPT]
 A small run for a busy machine: ``--crop 3072 --tile_shape 512`` (a 3072 px square of one quarter,
 small regions so that the overlaps the tile cache saves still show).
@@ -39,14 +41,14 @@ HUBMAP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hubma
 MPP = 0.4  # HuBMAP README: about 0.4 µm/px
 
 
-def build_slide(out: Path, copies: int, crop: int) -> Path:
+def build_slide(out: Path, copies: int, crop: int, rows: int = 1) -> Path:
     """The mosaic slide (cached by name); ``crop`` > 0 keeps a ``crop`` px square of one quarter."""
     import cv2
 
     from hovercrypt.io.images import read_rgb
     from hovercrypt.io.pyramid import write_pyramid_tiff
 
-    path = out / f"hubmap_x{copies}_c{crop}.tif"
+    path = out / f"hubmap_x{copies}_r{rows}_c{crop}.tif"
     if path.is_file():
         return path
     quarters = [read_rgb(p) for p in sorted(HUBMAP.glob("HandE_*_RGB_*.png")) if "_anno" not in p.name]
@@ -64,7 +66,8 @@ def build_slide(out: Path, copies: int, crop: int) -> Path:
             for k, q in enumerate(quarters):
                 q = q[:h]
                 parts.append(q[:, ::-1] if (c * len(quarters) + k) % 2 else q)
-        img = np.concatenate(parts, axis=1)
+        row = np.concatenate(parts, axis=1)
+        img = np.concatenate([row[::-1] if r % 2 else row for r in range(rows)], axis=0)
     h, w = (s // 16 * 16 for s in img.shape[:2])
     img = np.ascontiguousarray(img[:h, :w])
 
@@ -95,7 +98,7 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
         "--channels_last": cfg["channels_last"],
         "--batch_size": str(cfg["batch_size"]),
         "--tile_shape": str(cfg.get("tile_shape") or ""),
-        "--workers": "2",
+        "--workers": str(cfg["workers"]) if cfg.get("workers") is not None else "",
         "--no_tile_cache": not cfg["tile_cache"],
         "--backend": cfg["backend"],
     }
@@ -127,14 +130,18 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=1, help="side-by-side copies of the two quarters")
+    ap.add_argument("--rows", type=int, default=2, help="rows of the mosaic (flipped alternately)")
     ap.add_argument("--crop", type=int, default=0, help="> 0: a crop px square of one quarter (quick run)")
     ap.add_argument("--model_path", default="")
-    ap.add_argument("--window", type=int, default=1024)
+    ap.add_argument("--window", type=int, default=0, help="0 = the training window (the default)")
     ap.add_argument("--window_border", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--channels_last", action="store_true")
     ap.add_argument("--batch_size", type=int, default=8)
     ap.add_argument("--backend", default="auto", help="backend of the on run (auto: OpenVINO on CPU)")
+    ap.add_argument(
+        "--workers", type=int, default=None, help="post-processing workers (default: the model's)"
+    )
     ap.add_argument("--tile_shape", type=int, default=0, help="region side (proc px); 0 = the model's")
     ap.add_argument("--out", default="bench_out/wsi_throughput.json")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
@@ -149,8 +156,15 @@ def main() -> int:
         args.model_path = str(default_model_path())
     folder = Path("bench_out/wsi_throughput")
     folder.mkdir(parents=True, exist_ok=True)
-    slide = build_slide(folder, args.copies, args.crop)
-    base = {"model_path": args.model_path, "threads": args.threads, "tile_shape": args.tile_shape}
+    if args.copies < 1 or args.rows < 1 or args.crop < 0:
+        raise SystemExit("error: --copies and --rows must be >= 1, --crop >= 0")
+    slide = build_slide(folder, args.copies, args.crop, args.rows)
+    base = {
+        "model_path": args.model_path,
+        "threads": args.threads,
+        "tile_shape": args.tile_shape,
+        "workers": args.workers,
+    }
     configs = {
         "off": {
             **base,

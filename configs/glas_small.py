@@ -1,8 +1,8 @@
-"""The configuration of the shipped GlaS model (small enough to ship in fp16, trainable on a CPU).
+"""A small GlaS configuration for quick CPU experiments (the release before the ResNet50 model shipped it).
 
 ResNet18 encoder, HoVer-Net decoders at half width, "fast" windows (256 -> 164) so that each
-training step supervises 4x more pixels than "original" mode. Trained from scratch (no pretrained
-weights can be downloaded here), so the encoder-frozen phase is skipped (``--epochs=0,N``).
+training step supervises 4x more pixels than "original" mode. From random weights skip the
+encoder-frozen phase (``--epochs=0,N``); the shipped model's configuration is ``config.py``.
 """
 
 from hovercrypt.presets import glas_config

@@ -215,11 +215,11 @@ class InferConfig:
     tile_cache: bool = True  # wsi: every network tile computed once per slide, shared by regions
     channels_last: bool = False  # NHWC weights too (activations are always NHWC)
     threads: int = 0  # torch intra-op threads; 0 = torch's default (one per core)
-    # network execution: "torch" | "auto" (OpenVINO on the CPU when installed, else torch) |
+    # network execution: "auto" (OpenVINO on the CPU when installed, else torch) | "torch" |
     # "openvino" | "onnxruntime" (CPU only; same fp32 maps to float rounding, benchmarks/backends.py).
-    # torch by default: OpenVINO is 1.7x faster per 1024 px window, but its export + compile
-    # (~25 s) ate the gain on a 0.8 mm² slide (README "Throughput")
-    backend: str = "torch"
+    # auto by default: OpenVINO runs the shipped model's training window 1.5x faster than torch
+    # and its export + compile (~4 s) pays off from ~65 tiles on (README "Throughput")
+    backend: str = "auto"
 
 
 @dataclass

@@ -41,8 +41,12 @@ def test_json_values_are_type_checked(tmp_path, section, message):
 
 def test_valid_values_are_accepted_and_normalised():
     cfg = Config.from_dict(
-        {"proc_mpp": 1, "model": {"pretrained": None, "dense_units": [2, 2], "decoder_width": 1},
-         "train": {"augment": {"affine_scale": [1, 1.5]}}, "data": {"type_csv_map": {"a": 1}}}
+        {
+            "proc_mpp": 1,
+            "model": {"pretrained": None, "dense_units": [2, 2], "decoder_width": 1},
+            "train": {"augment": {"affine_scale": [1, 1.5]}},
+            "data": {"type_csv_map": {"a": 1}},
+        }
     )
     assert cfg.proc_mpp == 1.0 and isinstance(cfg.proc_mpp, float)  # int accepted for float
     assert cfg.model.dense_units == (2, 2) and cfg.train.augment.affine_scale == (1.0, 1.5)
@@ -50,7 +54,17 @@ def test_valid_values_are_accepted_and_normalised():
     assert Config.from_dict({"model": {"pretrained": "w.pth"}}).model.pretrained == "w.pth"
 
 
-@pytest.mark.parametrize("source", ["default", "glas", "configs/glas_small.py", "config.py"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "default",
+        "glas",
+        "configs/glas_small.py",
+        "configs/unet_resnet50.py",
+        "configs/unet_resnet50_crops.py",
+        "config.py",
+    ],
+)
 def test_shipped_configs_round_trip(tmp_path, source):
     cfg = load_config(source if source in ("default", "glas") else REPO / source)
     assert Config.from_dict(cfg.to_dict()) == cfg

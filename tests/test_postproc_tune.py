@@ -97,15 +97,15 @@ def _tiny_checkpoint(tmp_path: Path) -> Path:
     return ckpt
 
 
-def test_update_stored_postproc_changes_only_postproc(tmp_path: Path) -> None:
+def test_update_stored_config_changes_only_postproc(tmp_path: Path) -> None:
     import torch
 
-    from hovercrypt.models.checkpoint import load_checkpoint, update_stored_postproc
+    from hovercrypt.models.checkpoint import load_checkpoint, update_stored_config
 
     ckpt = _tiny_checkpoint(tmp_path)
     before = load_checkpoint(ckpt)
     tuned = PostprocConfig(np_thresh=0.4, blur_ksize=7)
-    update_stored_postproc(ckpt, tuned)
+    update_stored_config(ckpt, postproc=tuned)
     after = load_checkpoint(ckpt)
     assert after["config"]["postproc"] == dataclasses.asdict(tuned)
     assert {k: v for k, v in after["config"].items() if k != "postproc"} == {
@@ -173,3 +173,17 @@ def test_run_infer_model_flag_gets_a_hint(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert rc == 2 and "unet: model checkpoint not found" in err
     assert "architecture comes from the checkpoint" in err
+
+
+def test_update_stored_config_sets_inference_defaults_and_names_bad_sections(tmp_path: Path) -> None:
+    """The stored ``infer`` section is what run_infer.py starts from; an unknown section is an error."""
+    from hovercrypt.config import ConfigError, InferConfig
+    from hovercrypt.infer.options import load_predictor
+    from hovercrypt.models.checkpoint import update_stored_config
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    update_stored_config(ckpt, infer=InferConfig(backend="torch", window=512, window_border=8))
+    pred = load_predictor({"--model_path": str(ckpt), "--gpu": ""})
+    assert (pred.config.infer.backend, pred.backend, pred.input_size) == ("torch", "torch", 512)
+    with pytest.raises(ConfigError, match=r"model.pt: no config section\(s\) \['inference'\]"):
+        update_stored_config(ckpt, inference=InferConfig())

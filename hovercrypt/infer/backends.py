@@ -61,7 +61,8 @@ class _MapsGraph:
         self.module = Graph(model, self.keys).eval()
 
     def onnx_bytes(self, size: int) -> bytes:
-        """The graph as ONNX for ``size`` px windows, any batch (TorchScript exporter: no extra deps).
+        """The graph as ONNX for ``size`` px windows, any batch (TorchScript exporter: no extra deps,
+        and the dynamo exporter needs ``onnxscript``; its deprecation notice is silenced here only).
 
         The window is static: the models crop their output with Python arithmetic on the
         input size, which a trace records as constants.
@@ -74,9 +75,8 @@ class _MapsGraph:
             # the trace warns that shape arithmetic becomes constant: intended, the window is static
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-            warnings.filterwarnings(
-                "ignore", message="The feature will be removed", category=DeprecationWarning
-            )
+            for msg in ("The feature will be removed", "You are using the legacy TorchScript-based"):
+                warnings.filterwarnings("ignore", message=msg, category=DeprecationWarning)
             torch.onnx.export(
                 self.module,
                 (torch.zeros(1, 3, size, size),),

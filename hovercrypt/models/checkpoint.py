@@ -181,15 +181,19 @@ def export_for_inference(src: str | Path, dst: str | Path, half: bool = True) ->
     return Path(dst)
 
 
-def update_stored_postproc(path: str | Path, postproc: Any) -> None:
-    """Replace the post-processing section of a checkpoint's config, weights untouched (atomic).
+def update_stored_config(path: str | Path, **sections: Any) -> None:
+    """Replace whole sections of a checkpoint's config (``postproc=``, ``infer=``); weights untouched, atomic.
 
-    Post-processing is tuned after training, on the trained network's maps; storing
-    the result makes it the checkpoint's default for ``run_infer.py``.
+    Post-processing is tuned after training, on the trained network's maps, and inference
+    settings are measured after it (README "Throughput"); the checkpoint's stored config is
+    where ``run_infer.py`` takes its defaults from, so that is where the result goes.
     """
     ck = load_checkpoint(path)
     cfg = _stored_config(ck, Path(path))
-    ck["config"] = dataclasses.replace(cfg, postproc=postproc).to_dict()
+    unknown = sorted(set(sections) - {f.name for f in dataclasses.fields(cfg)})
+    if unknown:
+        raise ConfigError(f"{path}: no config section(s) {unknown}")
+    ck["config"] = dataclasses.replace(cfg, **sections).to_dict()
     atomic_torch_save(path, ck)
 
 
