@@ -164,11 +164,10 @@ def evaluate_all(
     """
     bs = int(args["--batch_size"])
     if pred is None:
-        window = int(args["--window"] or 0)
-        border = int(args["--window_border"] or 0) if window else 0
+        window = int(args["--window"])
         pred = NetworkPredictor.from_checkpoint(
             ckpt, batch_size=1 if window else bs, tta=bool(args["--tta"]), window=window,
-            window_border=border, backend=args["--backend"] or "torch",
+            window_border=int(args["--window_border"]) if window else 0, backend=args["--backend"],
         )  # fmt: skip
     radius = float(args["--radius_um"])
     norm = None

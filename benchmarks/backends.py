@@ -40,8 +40,8 @@ from hovercrypt.models.checkpoint import default_model_path, load_model
 GLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glas" / "train"
 
 
-def tissue_window(window: int, mpp: float) -> np.ndarray:
-    """(1, 3, window, window) float input in [0, 1]: a GlaS image resampled to ``mpp``, mirrored."""
+def tissue_rgb(window: int, mpp: float) -> np.ndarray:
+    """(window, window, 3) uint8 real tissue: a GlaS image resampled to ``mpp``, mirrored to fill it."""
     import cv2
 
     from hovercrypt.io.images import read_rgb
@@ -52,7 +52,12 @@ def tissue_window(window: int, mpp: float) -> np.ndarray:
     img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
     reps = (-(-window // img.shape[0]) + 1, -(-window // img.shape[1]) + 1)
     img = np.pad(img, ((0, img.shape[0] * reps[0]), (0, img.shape[1] * reps[1]), (0, 0)), mode="symmetric")
-    x = img[:window, :window].astype(np.float32) / 255.0
+    return np.ascontiguousarray(img[:window, :window])
+
+
+def tissue_window(window: int, mpp: float) -> np.ndarray:
+    """(1, 3, window, window) float input in [0, 1]: :func:`tissue_rgb` as the network takes it."""
+    x = tissue_rgb(window, mpp).astype(np.float32) / 255.0
     return np.ascontiguousarray(x.transpose(2, 0, 1)[None])
 
 

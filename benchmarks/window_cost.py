@@ -5,8 +5,8 @@ the context that every training window recomputes (fast mode: 256 px in for 164 
 padded network needs a border (``--window_border``) and larger activations may run slower per
 pixel. This measures it directly, with the predictor that ``run_infer.py`` uses
 (:class:`hovercrypt.infer.predictor.NetworkPredictor`: uint8 tiles in, maps out, border
-dropped), on real tissue: GlaS image ``train_1`` resampled to the model's processing
-resolution and mirrored to fill the window.
+dropped), on the real tissue of ``benchmarks/backends.py`` (a GlaS image resampled to the
+model's processing resolution and mirrored to fill the window).
 
 For every backend x window: seconds per call (median of ``--repeats`` after a warm-up that
 also pays OpenVINO's export + compile), kept output px per call, and **seconds per kept
@@ -27,35 +27,16 @@ import time
 from pathlib import Path
 
 import numpy as np
+from backends import tissue_rgb
 
 from hovercrypt.infer.predictor import NetworkPredictor
 from hovercrypt.io.atomic import atomic_write_text
 from hovercrypt.models.checkpoint import default_model_path
 
-GLAS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "glas" / "train"
-
-
-def tissue(size: int, mpp: float) -> np.ndarray:
-    """(size, size, 3) uint8 real tissue: a GlaS image at ``mpp``, mirrored to fill the square."""
-    import cv2
-
-    from hovercrypt.io.images import read_rgb
-
-    path = GLAS / "train_1.png"
-    if not path.is_file():
-        raise SystemExit(f"error: {path}: GlaS data not found (../shared)")
-    img = read_rgb(path)
-    f = 0.465 / mpp
-    img = cv2.resize(img, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
-    while img.shape[0] < size or img.shape[1] < size:
-        img = np.concatenate([img, img[::-1]], 0) if img.shape[0] < size else img
-        img = np.concatenate([img, img[:, ::-1]], 1) if img.shape[1] < size else img
-    return np.ascontiguousarray(img[:size, :size])
-
 
 def measure(pred: NetworkPredictor, n: int, repeats: int, mpp: float) -> dict[str, float]:
     """Time ``pred.predict`` on ``n`` tiles of its input size (warm-up first)."""
-    tiles = np.stack([tissue(pred.input_size, mpp)] * n)
+    tiles = np.stack([tissue_rgb(pred.input_size, mpp)] * n)
     pred.predict(tiles)  # warm-up: export + compile on a compiled backend, allocations
     times = []
     for _ in range(repeats):

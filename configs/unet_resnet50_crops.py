@@ -14,6 +14,6 @@ _unet = load_config(Path(__file__).with_name("unet_resnet50.py"))
 CONFIG = dataclasses.replace(
     _unet,
     name="unet_resnet50_crops",
-    data=dataclasses.replace(_unet.data, sampling="crops", crops_per_epoch=400),
+    data=dataclasses.replace(_unet.data, sampling="crops"),  # the preset's 400 crops per epoch
 )
 CONFIG.validate()
