@@ -11,7 +11,8 @@ Options:
   --type_info_path=<path>  type_info.json with type names and colours; a missing file is an error.
                            Default: the model config's type_info, else the one shipped with
                            hovercrypt.
-  --batch_size=<n>         Tiles per network batch. Default: the model's infer.batch_size (8).
+  --batch_size=<n>         Tiles per network batch. Default: the model's infer.batch_size (4;
+                           raise it on a GPU).
   --gpu=<ids>              GPU id(s), e.g. 0; empty runs on the CPU [default: ].
   --input_mpp=<um>         (tile) resolution of the input images in um/px. Default: the
                            processing resolution stored in the model (no resampling).
@@ -25,6 +26,9 @@ Options:
   --backend=<name>         Network execution: auto, torch, openvino or onnxruntime (CPU only).
                            auto = OpenVINO on the CPU when installed, else torch.
                            Default: the model's infer.backend (auto). See README, "Throughput".
+  --precision=<p>          OpenVINO arithmetic: auto, f32 or bf16; auto = bf16 on a CPU that
+                           computes it natively (AVX512_BF16 or AMX), else f32.
+                           Default: the model's infer.precision (auto).
   --postproc=<json>        Post-processing fields (see PostprocConfig) that replace the model's
                            stored values: a JSON file, or inline, e.g. '{"np_thresh": 0.6}'.
   --proc_mpp=<um>          (wsi) processing resolution. Default: the model's.

@@ -18,6 +18,7 @@ Usage:
   accuracy.py [--hovernet=<ckpt>] [--unet=<ckpt>] [--config=<spec>] [--out=<json>] [--limit=<n>]
               [--radius_um=<um>] [--batch_size=<n>] [--tta] [--no_robustness] [--no_hubmap]
               [--stain_norm=<method>] [--window=<px>] [--window_border=<px>] [--backend=<name>]
+              [--precision=<p>]
 
 Options:
   --hovernet=<ckpt>       HoVer-Net checkpoint. Default: the shipped model.
@@ -35,6 +36,8 @@ Options:
   --window=<px>           Inference window, as run_infer.py --window; 0 = the training window [default: 0].
   --window_border=<px>    Border dropped around a large window's output [default: 32].
   --backend=<name>        Network backend: torch, openvino, onnxruntime or auto [default: torch].
+  --precision=<p>         OpenVINO arithmetic, as run_infer.py --precision: auto, f32 or bf16
+                          [default: auto].
 """
 
 from __future__ import annotations
@@ -168,6 +171,7 @@ def evaluate_all(
         pred = NetworkPredictor.from_checkpoint(
             ckpt, batch_size=1 if window else bs, tta=bool(args["--tta"]), window=window,
             window_border=int(args["--window_border"]) if window else 0, backend=args["--backend"],
+            precision=args["--precision"],
         )  # fmt: skip
     radius = float(args["--radius_um"])
     norm = None
@@ -181,6 +185,7 @@ def evaluate_all(
     pcfg = pred.config
     res: dict[str, Any] = {
         "checkpoint": str(ckpt), "arch": pred.arch, "tta": bool(args["--tta"]), "backend": pred.backend,
+        "precision": pred.precision,
         "windows": [pred.input_size, pred.output_size],
         "stain_norm": args["--stain_norm"], "mode": pcfg.model.mode, "proc_mpp": pcfg.proc_mpp,
         "encoder": getattr(pcfg.model, get_family(pred.arch).encoder_field),

@@ -13,8 +13,12 @@ also pays OpenVINO's export + compile), kept output px per call, and **seconds p
 megapixel**; the training window runs ``--batch`` tiles per call. The ratio column is against
 torch at the training window of the same run. Writes ``bench_out/window_cost.json``.
 
+OpenVINO runs once per ``--precisions`` entry (``infer.precision``: f32, and bf16 where the CPU
+computes it natively); torch and ONNX Runtime always run f32.
+
 Usage: python benchmarks/window_cost.py [--windows 0,512,768,1024,1536] [--border 32]
-       [--backends torch,openvino] [--batch 8] [--repeats 3] [--model_path CKPT]
+       [--backends torch,openvino] [--precisions f32,bf16] [--batch 8] [--repeats 3]
+       [--model_path CKPT]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from backends import tissue_rgb
 
+from hovercrypt.infer.backends import native_bf16
 from hovercrypt.infer.predictor import NetworkPredictor
 from hovercrypt.io.atomic import atomic_write_text
 from hovercrypt.models.checkpoint import default_model_path
@@ -60,6 +65,7 @@ def main() -> int:
     p.add_argument("--windows", default="0,512,768,1024,1536", help="0 = the training window")
     p.add_argument("--border", type=int, default=32)
     p.add_argument("--backends", default="torch,openvino")
+    p.add_argument("--precisions", default="f32,bf16", help="OpenVINO arithmetic (bf16: native only)")
     p.add_argument("--batch", type=int, default=8, help="tiles per call at the training window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model_path", default="")
@@ -68,13 +74,23 @@ def main() -> int:
     path = Path(args.model_path) if args.model_path else default_model_path()
     windows = [int(w) for w in args.windows.split(",") if w]
     rows: list[dict] = []
-    for backend in [b for b in args.backends.split(",") if b]:
-        pred = NetworkPredictor.from_checkpoint(path, batch_size=args.batch, backend=backend)
+    precisions = [q for q in args.precisions.split(",") if q]
+    if "bf16" in precisions and not native_bf16():
+        print("this CPU has no native bf16: OpenVINO runs f32 only", file=sys.stderr)
+        precisions = [q for q in precisions if q != "bf16"]
+    runs = [
+        (b, q) for b in args.backends.split(",") if b for q in (precisions if b == "openvino" else ["f32"])
+    ]
+    for backend, precision in runs:
+        pred = NetworkPredictor.from_checkpoint(
+            path, batch_size=args.batch, backend=backend, precision=precision
+        )
         mpp = pred.config.proc_mpp
         for w in windows:
-            pred.configure(w, args.border if w else 0, backend=backend)
+            pred.configure(w, args.border if w else 0, backend=backend, precision=precision)
             r = {
                 "backend": backend,
+                "precision": precision,
                 "window": w,
                 **measure(pred, args.batch if w == 0 else 1, args.repeats, mpp),
             }
@@ -82,13 +98,14 @@ def main() -> int:
             print(json.dumps(r), flush=True)
     ref = next((r for r in rows if r["backend"] == "torch" and r["window"] == 0), rows[0])
     print(f"\nmodel {path}; border {args.border} px; median of {args.repeats}")
-    print("| backend | window in -> kept | s / call | s / kept Mpx | vs torch, training window |")
-    print("|---|---|---|---|---|")
+    print("| backend | precision | window in -> kept | s / call | s / kept Mpx | vs torch, training window |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
         r["vs_reference"] = round(ref["s_per_kept_mpx"] / r["s_per_kept_mpx"], 3)
         name = "training" if r["window"] == 0 else str(r["window"])
         print(
-            f"| {r['backend']} | {name}: {r['input']} -> {r['output']} (x{r['tiles_per_call']}) | "
+            f"| {r['backend']} | {r['precision']} | {name}: {r['input']} -> {r['output']} "
+            f"(x{r['tiles_per_call']}) | "
             f"{r['s_per_call']:.2f} | {r['s_per_kept_mpx']:.2f} | {r['vs_reference']:.2f}x |"
         )
     out = Path(args.out)

@@ -13,14 +13,23 @@ its peak RSS is its own):
   off) at the training window, in eager PyTorch;
 - ``on``: the tile cache, ``--window`` px inference windows with ``--window_border`` (default 0:
   the training window, as ``run_infer.py``'s default), the ``--backend`` (default ``auto``:
-  OpenVINO on the CPU, the default too) and the other options given.
+  OpenVINO on the CPU, the default too) in ``--precision`` (default ``auto``: bf16 where the CPU
+  computes it natively, the default too) and the other options given.
 
 Prints s per mm² of tissue, tiles run, peak RSS and crypt counts, and writes
 ``bench_out/wsi_throughput.json`` with ``speedup`` (off time / on time),
 ``count_rel_diff`` (|count on - count off| / count off) and ``peak_rss_mb``.
 
-Usage: python benchmarks/wsi_throughput.py [--copies 1] [--rows 2] [--crop 0] [--window 0] [--workers N]
-       [--window_border 32] [--threads 0] [--channels_last] [--model_path CKPT]
+The default mosaic (``--copies 2 --rows 3``: 4.66 mm² of tissue, 4 x 2 regions of 2048 px) is
+about the size of the 4.2 mm² colon section the issue was measured on; ``--copies 1 --rows 2``
+(1.52 mm², 2 x 2 regions) is a quicker run, with fewer region borders for the tile cache to save.
+``--repeats N`` runs off, on, off, on, ... and keeps each configuration's fastest run (this shared
+machine's speed drifts by up to 25% within an hour); ``peak_rss_mb`` is the largest of all runs,
+``peak_rss_mb_on`` that of the optimised runs.
+
+Usage: python benchmarks/wsi_throughput.py [--copies 2] [--rows 3] [--repeats 1] [--crop 0]
+       [--window 0] [--workers N] [--window_border 32] [--threads 0] [--channels_last]
+       [--backend auto] [--precision auto] [--batch_size 0] [--model_path CKPT]
 A small run for a busy machine: ``--crop 3072 --tile_shape 512`` (a 3072 px square of one quarter,
 small regions so that the overlaps the tile cache saves still show).
 """
@@ -36,6 +45,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from hovercrypt.io.atomic import atomic_write_text
 
 HUBMAP = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "hubmap_crypts"
 MPP = 0.4  # HuBMAP README: about 0.4 µm/px
@@ -96,11 +107,12 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
         "--window_border": str(cfg["window_border"]),
         "--threads": str(cfg["threads"]),
         "--channels_last": cfg["channels_last"],
-        "--batch_size": str(cfg["batch_size"]),
+        "--batch_size": str(cfg["batch_size"] or ""),
         "--tile_shape": str(cfg.get("tile_shape") or ""),
         "--workers": str(cfg["workers"]) if cfg.get("workers") is not None else "",
         "--no_tile_cache": not cfg["tile_cache"],
         "--backend": cfg["backend"],
+        "--precision": cfg["precision"],
     }
     pred = load_predictor(args, wsi=True)
     c = pred.config
@@ -129,16 +141,22 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--copies", type=int, default=1, help="side-by-side copies of the two quarters")
-    ap.add_argument("--rows", type=int, default=2, help="rows of the mosaic (flipped alternately)")
+    ap.add_argument("--copies", type=int, default=2, help="side-by-side copies of the two quarters")
+    ap.add_argument("--rows", type=int, default=3, help="rows of the mosaic (flipped alternately)")
+    ap.add_argument(
+        "--repeats", type=int, default=1, help="runs of each configuration, alternating; the fastest counts"
+    )
     ap.add_argument("--crop", type=int, default=0, help="> 0: a crop px square of one quarter (quick run)")
     ap.add_argument("--model_path", default="")
     ap.add_argument("--window", type=int, default=0, help="0 = the training window (the default)")
     ap.add_argument("--window_border", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--channels_last", action="store_true")
-    ap.add_argument("--batch_size", type=int, default=8)
+    ap.add_argument("--batch_size", type=int, default=0, help="0 = the model's infer.batch_size")
     ap.add_argument("--backend", default="auto", help="backend of the on run (auto: OpenVINO on CPU)")
+    ap.add_argument(
+        "--precision", default="auto", help="OpenVINO arithmetic of the on run (auto: bf16 if native)"
+    )
     ap.add_argument(
         "--workers", type=int, default=None, help="post-processing workers (default: the model's)"
     )
@@ -156,8 +174,8 @@ def main() -> int:
         args.model_path = str(default_model_path())
     folder = Path("bench_out/wsi_throughput")
     folder.mkdir(parents=True, exist_ok=True)
-    if args.copies < 1 or args.rows < 1 or args.crop < 0:
-        raise SystemExit("error: --copies and --rows must be >= 1, --crop >= 0")
+    if args.copies < 1 or args.rows < 1 or args.crop < 0 or args.repeats < 1:
+        raise SystemExit("error: --copies, --rows and --repeats must be >= 1, --crop >= 0")
     slide = build_slide(folder, args.copies, args.crop, args.rows)
     base = {
         "model_path": args.model_path,
@@ -173,6 +191,7 @@ def main() -> int:
             "channels_last": False,
             "tile_cache": False,
             "backend": "torch",
+            "precision": "f32",
             "batch_size": args.batch_size,
         },
         "on": {
@@ -182,26 +201,34 @@ def main() -> int:
             "channels_last": args.channels_last,
             "tile_cache": True,
             "backend": args.backend,
-            "batch_size": 1 if args.window else args.batch_size,
+            "precision": args.precision,
+            "batch_size": 1 if args.window and not args.batch_size else args.batch_size,
         },
     }
-    rows = {}
-    for name, cfg in configs.items():
-        out_dir = folder / f"run_{name}"
-        child = json.dumps([str(slide), str(out_dir), cfg])
-        cmd = [sys.executable, __file__, "--_child", child]
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not line:
-            print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-            raise SystemExit(f"{name}: child failed")
-        rows[name] = {**json.loads(line[0][7:]), "config": cfg}
-        r = rows[name]
-        print(
-            f"{name:4s} windows {r['windows']}  {r['seconds']:8.1f} s  {r['s_per_mm2']:7.2f} s/mm²  "
-            f"tiles {r['tiles']:5d}  crypts {r['count']:5d}  peak RSS {r['peak_rss_mb']} MB",
-            flush=True,
-        )
+    rows: dict[str, dict] = {}
+    for rep in range(args.repeats):  # off, on, off, on, ...: drift of the machine hits both alike
+        for name, cfg in configs.items():
+            out_dir = folder / f"run_{name}"
+            child = json.dumps([str(slide), str(out_dir), cfg])
+            cmd = [sys.executable, __file__, "--_child", child]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
+                raise SystemExit(f"{name}: child failed")
+            r = {**json.loads(line[0][7:]), "config": cfg}
+            print(
+                f"{name:4s} #{rep + 1} windows {r['windows']}  {r['seconds']:8.1f} s  "
+                f"{r['s_per_mm2']:7.2f} s/mm²  tiles {r['tiles']:5d}  crypts {r['count']:5d}  "
+                f"peak RSS {r['peak_rss_mb']} MB",
+                flush=True,
+            )
+            best = rows.get(name)
+            times = (best["all_seconds"] if best else []) + [r["seconds"]]
+            rss = max(r["peak_rss_mb"], best["peak_rss_mb"] if best else 0)
+            if best is None or r["seconds"] < best["seconds"]:
+                best = r
+            rows[name] = {**best, "all_seconds": times, "peak_rss_mb": rss}
     off, on = rows["off"], rows["on"]
     summary = {
         "slide": slide.name,
@@ -209,15 +236,16 @@ def main() -> int:
         "speedup": round(off["seconds"] / max(on["seconds"], 1e-9), 3),
         "count_rel_diff": round(abs(on["count"] - off["count"]) / max(off["count"], 1), 4),
         "peak_rss_mb": max(on["peak_rss_mb"], off["peak_rss_mb"]),
+        "peak_rss_mb_on": on["peak_rss_mb"],
         "tiles_ratio": round(off["tiles"] / max(on["tiles"], 1), 3),
         "runs": rows,
     }
     print(
         f"speedup {summary['speedup']}x  count_rel_diff {summary['count_rel_diff']}  "
-        f"peak RSS {summary['peak_rss_mb']} MB"
+        f"peak RSS {summary['peak_rss_mb']} MB (optimised runs: {summary['peak_rss_mb_on']} MB)"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=1))
+    atomic_write_text(Path(args.out), json.dumps(summary, indent=1))
     return 0
 
 

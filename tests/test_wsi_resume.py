@@ -91,14 +91,18 @@ def test_changed_settings_restart_instead_of_mixing(slide, tmp_path):
     assert orc.tiles_seen == fresh.tiles_seen
 
 
-def test_resume_with_tta_toggled_restarts(slide, tmp_path):
-    """Flip TTA changes the maps, so regions predicted without it are not reused with it."""
+@pytest.mark.parametrize(
+    ("attr", "value"), [("tta", True), ("backend", "openvino"), ("precision", "bf16")]
+)
+def test_resume_with_map_settings_toggled_restarts(slide, tmp_path, attr, value):
+    """Flip TTA, another backend or bf16 arithmetic change the maps, so regions predicted
+    without them are not reused with them."""
     path, layout = slide
     e = layout.to_processing(PROC_MPP / MPP)
     with pytest.raises(RunInterrupted):
         run_wsi([path], tmp_path, OraclePredictor(e, 160, 128), _opts(stop_after_regions=2))
     again = OraclePredictor(e, 160, 128)
-    again.tta = True  # the oracle ignores it; only the manifest sees the change
+    setattr(again, attr, value)  # the oracle ignores it; only the manifest sees the change
     (res,) = run_wsi([path], tmp_path, again, _opts(), resume=True)
     fresh = OraclePredictor(e, 160, 128)
     (ref,) = run_wsi([path], tmp_path / "fresh", fresh, _opts())

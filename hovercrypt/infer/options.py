@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from hovercrypt.config import Config, PostprocSettings
+from hovercrypt.config import BACKENDS, PRECISIONS, Config, PostprocSettings
 from hovercrypt.errors import ConfigError, InputError
 from hovercrypt.models.registry import family_names
 
@@ -45,13 +45,11 @@ def int_opt(args: Mapping[str, Any], key: str, default: int, minimum: int = 1) -
     return n
 
 
-def backend_opt(args: Mapping[str, Any], default: str) -> str:
-    """``--backend`` (checked against :data:`hovercrypt.infer.backends.BACKENDS`), else ``default``."""
-    from hovercrypt.config import BACKENDS
-
-    v = args.get("--backend") or default
-    if v not in BACKENDS:
-        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}, got {v!r}")
+def choice_opt(args: Mapping[str, Any], key: str, choices: Sequence[str], default: str) -> str:
+    """``args[key]`` checked against ``choices`` (``--backend``, ``--precision``), else ``default``."""
+    v = args.get(key) or default
+    if v not in choices:
+        raise InputError(f"{key} must be one of {', '.join(choices)}, got {v!r}")
     return str(v)
 
 
@@ -113,7 +111,8 @@ def config_from_args(args: Mapping[str, Any], cfg: Config, wsi: bool = False) ->
         "window_border": int_opt(args, "--window_border", int(infer.window_border), minimum=0),
         "channels_last": bool(infer.channels_last) or bool(args.get("--channels_last")),
         "threads": int_opt(args, "--threads", int(infer.threads), minimum=0),
-        "backend": backend_opt(args, str(infer.backend)),
+        "backend": choice_opt(args, "--backend", BACKENDS, str(infer.backend)),
+        "precision": choice_opt(args, "--precision", PRECISIONS, str(infer.precision)),
     }
     if wsi:
         changes["tile_shape"] = int_opt(args, "--tile_shape", int(infer.tile_shape))

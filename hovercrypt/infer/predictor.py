@@ -122,6 +122,7 @@ class NetworkPredictor:
         channels_last: bool = False,
         threads: int = 0,
         backend: str = "torch",
+        precision: str = "auto",
     ) -> None:
         import torch
 
@@ -149,9 +150,12 @@ class NetworkPredictor:
         self.stride = int(max(getattr(model, "strides", None) or [getattr(model, "size_multiple", 1)]))
         self.window_border = 0
         self.threads = 0
+        self.precision = "f32"
         self._runner: Any = None  # compiled network of a non-torch backend, built on first use
+        self._compiled_sizes: set[int] = set()  # window sizes the runner has compiled
+        self._weights_released = False  # torch weights dropped after a compile (see _release_weights)
         check_predictor(self)
-        self.configure(window, window_border, channels_last, threads, backend)
+        self.configure(window, window_border, channels_last, threads, backend, precision)
 
     def configure(
         self,
@@ -160,6 +164,7 @@ class NetworkPredictor:
         channels_last: bool = False,
         threads: int = 0,
         backend: str = "torch",
+        precision: str = "auto",
     ) -> None:
         """Inference window (:meth:`set_window`), memory format, threads and backend (``InferConfig``).
 
@@ -167,17 +172,21 @@ class NetworkPredictor:
         which changes the maps only by float rounding (off by default: not measured to pay off).
         ``threads`` > 0 sets torch's intra-op threads, which is
         process-wide (0 leaves torch's default, one per core). ``backend``: see
-        :mod:`hovercrypt.infer.backends` (``auto`` = OpenVINO on the CPU when installed).
+        :mod:`hovercrypt.infer.backends` (``auto`` = OpenVINO on the CPU when installed);
+        ``precision`` its arithmetic (``auto`` = bf16 where the CPU computes it natively).
         """
         import torch
 
-        from hovercrypt.infer.backends import resolve_backend
+        from hovercrypt.infer.backends import resolve_backend, resolve_precision
 
         self.backend_requested = backend
         backend = resolve_backend(backend, self.device.type)
-        if backend != getattr(self, "backend", None) or int(threads) != self.threads:
+        precision = resolve_precision(precision, backend)
+        before = (getattr(self, "backend", None), self.threads, self.precision)
+        if (backend, int(threads), precision) != before:
             self._runner = None
-        self.backend, self.threads = backend, int(threads)
+            self._compiled_sizes.clear()
+        self.backend, self.threads, self.precision = backend, int(threads), precision
         if threads < 0:
             raise ValueError(f"threads must be >= 0 (0 = torch's default), got {threads}")
         if threads:
@@ -193,7 +202,10 @@ class NetworkPredictor:
             raise ValueError(f"batch_size must be >= 1, got {infer.batch_size}")
         self.batch_size, self.tta = int(infer.batch_size), bool(infer.tta)
         window, border = int(infer.window), int(infer.window_border)
-        self.configure(window, border, bool(infer.channels_last), int(infer.threads), str(infer.backend))
+        self.configure(
+            window, border, bool(infer.channels_last), int(infer.threads), str(infer.backend),
+            str(infer.precision),
+        )
 
     def set_window(self, window: int, border: int = 0) -> None:
         """Run the network on ``window`` px inputs instead of its training window.
@@ -266,6 +278,7 @@ class NetworkPredictor:
             return self._forward_compiled(tiles)
         import torch
 
+        self._reload_weights()
         x = torch.from_numpy(np.ascontiguousarray(tiles))
         if self.device.type == "cuda":  # uint8 upload from pinned memory, overlapping the copy
             x = x.pin_memory().to(self.device, non_blocking=True)
@@ -285,11 +298,14 @@ class NetworkPredictor:
         return {k: v[:, c:-c, c:-c] for k, v in maps.items()} if c else maps
 
     def _forward_compiled(self, tiles: np.ndarray) -> dict[str, np.ndarray]:
-        """The same maps from the OpenVINO / ONNX Runtime graph (fp32; equal to float rounding)."""
+        """The maps from the OpenVINO / ONNX Runtime graph (f32: equal to float rounding; bf16: ~0.02)."""
+        size = int(tiles.shape[1])
+        if size not in self._compiled_sizes:
+            self._reload_weights()  # the export reads the torch weights
         if self._runner is None:
             from hovercrypt.infer.backends import make_runner
 
-            self._runner = make_runner(self.backend, self.model, self.threads)
+            self._runner = make_runner(self.backend, self.model, self.threads, self.precision)
         x = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255.0)
         try:  # the first call per window size exports and compiles the graph
             maps = self._runner(x)
@@ -305,9 +321,39 @@ class NetworkPredictor:
                 RuntimeWarning,
                 stacklevel=2,
             )
-            self.backend, self._runner = "torch", None
+            self.backend, self.precision, self._runner = "torch", "f32", None
             return self._forward(tiles)
+        if size not in self._compiled_sizes:
+            self._compiled_sizes.add(size)
+            self._release_weights()
         return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self._drop_border(maps).items()}
+
+    def _release_weights(self) -> None:
+        """Drop the torch weights once the compiled graph holds its own copy (-110 MB RSS for the
+        shipped model); only for a checkpoint, which :meth:`_reload_weights` reads back when a
+        new window size or the torch backend needs them."""
+        if self.model_path is None or self._weights_released:
+            return
+        from hovercrypt.infer.memory import trim_heap
+
+        self.model = self.model.to("meta")
+        self._weights_released = True
+        trim_heap()
+
+    def _reload_weights(self) -> None:
+        if not self._weights_released:
+            return
+        import torch
+
+        from hovercrypt.models.checkpoint import load_model
+
+        loaded = load_model(self.model_path, self.device)
+        model = (loaded[0] if isinstance(loaded, tuple) else loaded).eval()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model, self._weights_released = model, False
+        self._runner = None  # its graph wraps the released module: a new one exports the weights
+        self._compiled_sizes.clear()
 
     def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
         if tiles.ndim != 4 or tiles.shape[1:] != (self.input_size, self.input_size, 3):

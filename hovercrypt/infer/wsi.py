@@ -32,6 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hovercrypt.config import InferConfig
+from hovercrypt.infer.memory import trim_heap
 from hovercrypt.infer.regions import Region, margin_pixels, plan_regions, tiles_in
 from hovercrypt.infer.stitch import RegionResult, StitchContext, part_path, postprocess_region
 from hovercrypt.infer.tile import predict_image
@@ -169,9 +170,10 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "windows": [predictor.input_size, predictor.output_size],
         "tile_cache": opts.infer.tile_cache,  # the per-region path mirrors maps at inner region edges
         "model": opts.model_id,
-        # flips and precision change the maps: a resume must not mix them with earlier regions
+        # flips, precision and backend change the maps: a resume must not mix them with earlier regions
         "tta": bool(getattr(predictor, "tta", False)),
         "precision": str(getattr(predictor, "amp_dtype", None)),
+        "backend": f"{getattr(predictor, 'backend', '')}/{getattr(predictor, 'precision', '')}",
         "postproc": opts.postproc,
         "type_info": opts.type_info.to_json_dict(),  # names end up in every record and the GeoJSON
         "tissue_sha1": hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest(),
@@ -362,6 +364,7 @@ def _run_regions(
         t = clock()
         results.append(item.result() if isinstance(item, Future) else item)
         stages["wait_postproc"] += clock() - t
+        trim_heap()  # the region's maps are freed: keep the peak RSS flat (hovercrypt.infer.memory)
         if opts.on_region_committed is not None:
             opts.on_region_committed(slide, results[-1].index)
 
