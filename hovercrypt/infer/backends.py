@@ -14,6 +14,7 @@ dynamic batch), on first use: the engines use one window, so this happens once p
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import io
 import warnings
@@ -23,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from hovercrypt.config import BACKENDS, PRECISIONS, ConfigError
-from hovercrypt.infer.memory import trim_heap
 
 Runner = Callable[[np.ndarray], dict[str, np.ndarray]]
 
@@ -43,10 +43,12 @@ def resolve_backend(name: str, device_type: str) -> str:
     return name
 
 
+@functools.cache
 def native_bf16() -> bool:
     """Whether OpenVINO computes bf16 natively on this CPU (AVX512_BF16 or AMX).
 
-    Elsewhere OpenVINO would emulate it, slower than f32, so ``auto`` keeps f32 there.
+    Elsewhere OpenVINO would emulate it, slower than f32, so ``auto`` keeps f32 there. Asked
+    once per process: every ``configure`` resolves the precision, and the CPU does not change.
     """
     if importlib.util.find_spec("openvino") is None:
         return False
@@ -136,7 +138,6 @@ def _openvino_runner(graph: _MapsGraph, threads: int, precision: str) -> Runner:
         size = int(x.shape[2])
         if size not in compiled:  # one compile per window; the batch stays dynamic
             compiled[size] = core.compile_model(core.read_model(graph.onnx_bytes(size)), "CPU", props)
-            trim_heap()  # the export's copies of the weights are freed: -170 MB RSS, measured
         out = compiled[size](np.ascontiguousarray(x, dtype=np.float32))
         return {k: np.asarray(out[i], dtype=np.float32) for i, k in enumerate(graph.keys)}
 
@@ -157,7 +158,6 @@ def _onnxruntime_runner(graph: _MapsGraph, threads: int) -> Runner:
             sessions[size] = ort.InferenceSession(
                 graph.onnx_bytes(size), so, providers=["CPUExecutionProvider"]
             )
-            trim_heap()
         out = sessions[size].run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})
         return {k: np.asarray(v, dtype=np.float32) for k, v in zip(graph.keys, out)}
 

@@ -170,10 +170,11 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "windows": [predictor.input_size, predictor.output_size],
         "tile_cache": opts.infer.tile_cache,  # the per-region path mirrors maps at inner region edges
         "model": opts.model_id,
-        # flips, precision and backend change the maps: a resume must not mix them with earlier regions
+        # flips, backend and precision change the maps: a resume must not mix them with earlier regions
         "tta": bool(getattr(predictor, "tta", False)),
-        "precision": str(getattr(predictor, "amp_dtype", None)),
-        "backend": f"{getattr(predictor, 'backend', '')}/{getattr(predictor, 'precision', '')}",
+        "backend": str(getattr(predictor, "backend", "")),
+        # torch autocast dtype, and the compiled backend's arithmetic
+        "precision": [str(getattr(predictor, "amp_dtype", None)), str(getattr(predictor, "precision", ""))],
         "postproc": opts.postproc,
         "type_info": opts.type_info.to_json_dict(),  # names end up in every record and the GeoJSON
         "tissue_sha1": hashlib.sha1(np.packbits(mask).tobytes() + str(mask.shape).encode()).hexdigest(),
