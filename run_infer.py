@@ -36,9 +36,13 @@ Options:
   --slide_mpp=<um>         (wsi) level-0 resolution for slides that do not store it.
   --input_mask_dir=<dir>   (wsi) tissue masks <stem>.png (any size, non-zero = tissue).
   --tile_shape=<px>        (wsi) processing region side in px at proc_mpp. Default: the model's
-                           infer.tile_shape (2048).
+                           infer.tile_shape (1536).
   --no_tile_cache          (wsi) predict each region on its own, recomputing the tiles of the
                            region overlaps (default: every tile once per slide).
+  --follow_um=<um>         (wsi, tile cache) run the tiles touching tissue, then every tile within
+                           this distance of a predicted crypt pixel, until the crypts are whole;
+                           0 = every tile within margin_um of tissue (slower). Default: the
+                           model's infer.follow_um (32).
   --resume                 (wsi) continue a killed run from its last finished chunk.
                            (Concurrent runs on one --output_dir never share a slide: each slide
                            is locked while processed; see README, "Cohorts".)

@@ -9,10 +9,13 @@ then runs ``run_infer.py wsi``'s engine on it with the shipped model (or
 ``--model_path``) once per configuration, each in a fresh child process (so
 its peak RSS is its own):
 
-- ``off``: the engine before issue 15: each region predicted on its own (``tile_cache``
-  off) at the training window, in eager PyTorch;
-- ``on``: the tile cache, ``--window`` px inference windows with ``--window_border`` (default 0:
-  the training window, as ``run_infer.py``'s default), the ``--backend`` (default ``auto``:
+- ``off``: the engine before issue 15: 2048 px regions (or ``--tile_shape``), each predicted on
+  its own (``tile_cache`` off) with every tile within ``margin_um`` of tissue, at the training
+  window, in eager PyTorch f32;
+- ``on``: the model's region size (or ``--tile_shape``), the tile cache following crypts
+  (``--follow_um``, default the model's), ``--window`` px inference windows with
+  ``--window_border`` (default 0: the training window, as ``run_infer.py``'s default), the
+  ``--backend`` (default ``auto``:
   OpenVINO on the CPU, the default too) in ``--precision`` (default ``auto``: bf16 where the CPU
   computes it natively, the default too) and the other options given.
 
@@ -29,7 +32,7 @@ machine's speed drifts by up to 25% within an hour); ``peak_rss_mb`` is the larg
 
 Usage: python benchmarks/wsi_throughput.py [--copies 2] [--rows 3] [--repeats 1] [--crop 0]
        [--window 0] [--workers N] [--window_border 32] [--threads 0] [--channels_last]
-       [--backend auto] [--precision auto] [--batch_size 0] [--model_path CKPT]
+       [--backend auto] [--precision auto] [--batch_size 0] [--follow_um UM] [--model_path CKPT]
 A small run for a busy machine: ``--crop 3072 --tile_shape 512`` (a 3072 px square of one quarter,
 small regions so that the overlaps the tile cache saves still show).
 """
@@ -113,6 +116,7 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
         "--no_tile_cache": not cfg["tile_cache"],
         "--backend": cfg["backend"],
         "--precision": cfg["precision"],
+        "--follow_um": "" if cfg.get("follow_um") is None else str(cfg["follow_um"]),
     }
     pred = load_predictor(args, wsi=True)
     c = pred.config
@@ -139,6 +143,29 @@ def run_child(slide: Path, out_dir: Path, cfg: dict) -> dict:
     }
 
 
+def same_crypts(off_path: Path, on_path: Path, tol_um: float = 5.0) -> dict[str, int]:
+    """How many crypts of the optimised run are the reference run's: same level-0 bounding box, and
+    (one to one, nearest first) a centroid within ``tol_um``. Counts alone could hide moved crypts."""
+    from scipy.spatial import cKDTree
+
+    def load(p: Path) -> list[dict]:
+        return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+    off, on = load(off_path), load(on_path)
+    boxes = {tuple(r["bbox"]) for r in off}
+    same = sum(tuple(r["bbox"]) in boxes for r in on)
+    matched = 0
+    if off and on:
+        tree = cKDTree(np.array([r["centroid"] for r in off]))
+        dist, idx = tree.query(np.array([r["centroid"] for r in on]), distance_upper_bound=tol_um / MPP)
+        taken: set[int] = set()
+        for d, i in sorted(zip(dist, idx, strict=True)):
+            if np.isfinite(d) and i not in taken:
+                taken.add(int(i))
+                matched += 1
+    return {"crypts_same_bbox": same, "crypts_matched_5um": matched}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--copies", type=int, default=2, help="side-by-side copies of the two quarters")
@@ -161,6 +188,9 @@ def main() -> int:
         "--workers", type=int, default=None, help="post-processing workers (default: the model's)"
     )
     ap.add_argument("--tile_shape", type=int, default=0, help="region side (proc px); 0 = the model's")
+    ap.add_argument(
+        "--follow_um", type=float, default=None, help="on run's infer.follow_um (default: the model's)"
+    )
     ap.add_argument("--out", default="bench_out/wsi_throughput.json")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -186,6 +216,7 @@ def main() -> int:
     configs = {
         "off": {
             **base,
+            "tile_shape": args.tile_shape or 2048,  # the region size before issue 15
             "window": 0,
             "window_border": 0,
             "channels_last": False,
@@ -193,6 +224,7 @@ def main() -> int:
             "backend": "torch",
             "precision": "f32",
             "batch_size": args.batch_size,
+            "follow_um": 0.0,
         },
         "on": {
             **base,
@@ -203,6 +235,7 @@ def main() -> int:
             "backend": args.backend,
             "precision": args.precision,
             "batch_size": 1 if args.window and not args.batch_size else args.batch_size,
+            "follow_um": args.follow_um,
         },
     }
     rows: dict[str, dict] = {}
@@ -238,8 +271,13 @@ def main() -> int:
         "peak_rss_mb": max(on["peak_rss_mb"], off["peak_rss_mb"]),
         "peak_rss_mb_on": on["peak_rss_mb"],
         "tiles_ratio": round(off["tiles"] / max(on["tiles"], 1), 3),
+        **same_crypts(*(folder / f"run_{n}" / slide.stem / "instances.jsonl" for n in ("off", "on"))),
         "runs": rows,
     }
+    print(
+        f"crypts: {summary['crypts_same_bbox']} of {off['count']} with the same bounding box, "
+        f"{summary['crypts_matched_5um']} with a centroid within 5 µm (last runs)"
+    )
     print(
         f"speedup {summary['speedup']}x  count_rel_diff {summary['count_rel_diff']}  "
         f"peak RSS {summary['peak_rss_mb']} MB (optimised runs: {summary['peak_rss_mb_on']} MB)"

@@ -28,13 +28,13 @@ N_CRYPTS = {"a": 14, "b": 9}
 SLIDE_OUTPUTS = ("instances.jsonl", "thumbnail.png", "tissue_mask.png", "done.json")
 
 
-def wsi_opts(workers: int = 0) -> WsiOptions:
+def wsi_opts(workers: int = 0, **infer) -> WsiOptions:
     return WsiOptions(
         proc_mpp=PROC_MPP,
         postproc=PostprocConfig(min_object_area_um2=100.0).pixels(PROC_MPP),
         type_info=TypeInfo.default(3),
         # 1024 x 256 processing px: 4 regions per slide
-        infer=InferConfig(tile_shape=256, margin_um=80.0, postproc_workers=workers),
+        infer=InferConfig(tile_shape=256, margin_um=80.0, postproc_workers=workers, **infer),
         progress=False,
     )
 

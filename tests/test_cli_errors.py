@@ -53,6 +53,18 @@ def test_wsi_workers_zero_allowed(run_infer, dirs, tmp_path, capsys):
     assert "absent.pt: model checkpoint not found" in _error_line(capsys)
 
 
+@pytest.mark.parametrize(
+    "value, why", [("abc", "must be a number, got 'abc'"), ("-1", "must be >= 0, got -1")]
+)
+def test_wsi_follow_um_validated(run_infer, dirs, tmp_path, capsys, value, why):
+    src, model = dirs
+    argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]
+    assert run_infer([*argv, f"--follow_um={value}"]) == 2
+    assert _error_line(capsys).endswith(f"--follow_um {why}")
+    assert run_infer([*argv, "--follow_um=0"]) == 2  # 0 (off) gets past the checks to the missing model
+    assert "absent.pt: model checkpoint not found" in _error_line(capsys)
+
+
 def test_wsi_rejects_input_mpp(run_infer, dirs, tmp_path, capsys):
     src, model = dirs
     argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]

@@ -68,12 +68,17 @@ def test_killed_worker_is_retried_and_resumes(ray_local, cohort, tmp_path):
     """The worker dies after slide a's first committed region; Ray retries, the retry continues."""
     from hovercrypt.infer.cohort import run_cohort
 
-    slides, ellipses, serial = cohort
+    slides, ellipses, _ = cohort
     marker = tmp_path / "killed"
     source = OracleSource(ellipses, str(marker), str(tmp_path / "a" / "parts"))
-    res = run_cohort(slides[:1], tmp_path, source, wsi_opts(), 3, ray_workers=2)
+    # the margin rule (follow_um=0): the second region then runs tiles of its own, so the predictor,
+    # which does the killing, is called after the first commit (following crypts, the first region
+    # already runs every tile of this small slide)
+    res = run_cohort(slides[:1], tmp_path, source, wsi_opts(follow_um=0.0), 3, ray_workers=2)
     assert marker.is_file()  # the kill happened
     assert res[0].status == "ok"
+    serial = tmp_path / "serial_margin_rule"
+    run_wsi(slides[:1], serial, SlowOracle(ellipses), wsi_opts(follow_um=0.0))
     got, want = output_bytes(tmp_path, ["a"]), output_bytes(serial, ["a"])
     assert {k: v for k, v in got.items() if k.startswith("a/")} == {
         k: v for k, v in want.items() if k.startswith("a/")

@@ -19,8 +19,8 @@ from hovercrypt.errors import ConfigError, InputError
 from hovercrypt.models.registry import family_names
 
 
-def float_opt(args: Mapping[str, Any], key: str) -> float | None:
-    """A positive number option, or None when not given."""
+def float_opt(args: Mapping[str, Any], key: str, allow_zero: bool = False) -> float | None:
+    """A positive (or, with ``allow_zero``, non-negative) number option, or None when not given."""
     v = args.get(key)
     if v in (None, ""):
         return None
@@ -28,8 +28,8 @@ def float_opt(args: Mapping[str, Any], key: str) -> float | None:
         f = float(v)
     except ValueError as e:
         raise InputError(f"{key} must be a number, got {v!r}") from e
-    if f <= 0:
-        raise InputError(f"{key} must be > 0, got {v}")
+    if f < 0 or (f == 0 and not allow_zero):
+        raise InputError(f"{key} must be {'>=' if allow_zero else '>'} 0, got {v}")
     return f
 
 
@@ -118,6 +118,8 @@ def config_from_args(args: Mapping[str, Any], cfg: Config, wsi: bool = False) ->
         changes["tile_shape"] = int_opt(args, "--tile_shape", int(infer.tile_shape))
         changes["postproc_workers"] = int_opt(args, "--workers", int(infer.postproc_workers), minimum=0)
         changes["tile_cache"] = bool(infer.tile_cache) and not args.get("--no_tile_cache")
+        follow = float_opt(args, "--follow_um", allow_zero=True)
+        changes["follow_um"] = float(infer.follow_um) if follow is None else follow
     post = load_postproc_overrides(args["--postproc"], cfg) if args.get("--postproc") else cfg.postproc
     return dataclasses.replace(cfg, infer=dataclasses.replace(infer, **changes), postproc=post)
 

@@ -60,7 +60,7 @@ def make_pool(workers: int, kind: str = "thread") -> Executor | None:
     """Post-processing pool: threads (the default) or spawned processes.
 
     The numba kernels release the GIL (``nogil=True``) and OpenCV does too, so threads
-    post-process in parallel without copying each region's maps (~200 MB at 2048 px) to
+    post-process in parallel without copying each region's maps (~150 MB at 1536 px) to
     another process. Measured with benchmarks/wsi.py at 0.93 um/px, threads were as fast
     and kept the whole run within ~1.4 GB, where two spawned workers added ~1.2 GB each.
     """

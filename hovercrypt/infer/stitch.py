@@ -16,7 +16,9 @@ any order, in parallel, and resumed):
 4. The owner keeps it only if it does not touch the extended box's border,
    except where that border is the slide border (then the crypt really ends there),
    and only if its centroid lies on the tissue mask (tiles within a margin of
-   tissue are all predicted, so such a crypt is never cut by a skipped tile).
+   tissue are all predicted, or, following crypts, every tile that the
+   foreground of a tissue tile reaches, so such a crypt is never cut by a
+   skipped tile; :mod:`hovercrypt.infer.tile_cache`).
 
 Why this is exact: a crypt narrower than the margin whose centroid lies in a
 core lies entirely inside that region's extended box, away from its padded

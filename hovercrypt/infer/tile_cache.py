@@ -15,14 +15,28 @@ of ``2 * margin`` px across the slide's short side.
 Unlike the per-region path, maps near a region's inner edges are not computed
 from mirrored pixels: each region's maps equal the whole-slide maps cropped to
 its box, which is what the stitching rule assumes.
+
+**Following crypts** (``follow``, ``infer.follow_um``): instead of every tile
+within a crypt's diameter of the tissue mask (2.7x the tissue tiles on a thin
+colon section), only tiles touching tissue are planned; a region then runs,
+repeatedly, every tile of its box that lies within ``band`` px of a foreground
+pixel (the family's ``map_foreground``) of the tiles it has so far, until no
+foreground reaches an unrun tile. A foreground piece that crosses a tile
+border has pixels at that border, so every crypt touching a tissue tile is
+run whole, however far it reaches beyond the mask; the band covers the
+post-processing's kernels (Sobel, blur, opening) at its edge. Which tiles a
+region uses depends only on the slide, its box and the mask, never on what
+earlier regions left in the cache, so resumed runs give the same maps.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import cv2
 import numpy as np
 
 from hovercrypt.infer.regions import Box, Region
@@ -80,6 +94,7 @@ class TilePlan:
     need: list[list[Tile]] = field(default_factory=list)  # tiles covering each region's extended box
     new: list[list[Tile]] = field(default_factory=list)  # tissue tiles first needed by each region
     users: dict[Tile, list[int]] = field(default_factory=dict)  # positions in ``order`` needing a tile
+    tissue: set[Tile] = field(default_factory=set)  # tiles the tissue index asked for
 
     @classmethod
     def build(cls, order: list[Region], out: int, ctx: int, tissue: TissueIndex) -> TilePlan:
@@ -96,6 +111,7 @@ class TilePlan:
                     is_tissue[t] = tissue.near(j * out, i * out, (j + 1) * out, (i + 1) * out)
                     if is_tissue[t]:
                         fresh.append(t)
+                        plan.tissue.add(t)
                 plan.users[t].append(k)
             plan.new.append(fresh)
         return plan
@@ -153,14 +169,21 @@ class TileCache:
         self.spec = {k: v.shape[-1] for k, v in maps.items()}
         self.store[t] = (self.plan.tile_box(t), maps)
 
-    def region_maps(self, k: int) -> dict[str, np.ndarray]:
-        """Maps ``(h, w, C)`` of the extended box of region ``k``; tiles off tissue are zeros."""
+    def region_maps(self, k: int, tiles: Iterable[Tile] | None = None) -> dict[str, np.ndarray]:
+        """Maps ``(h, w, C)`` of the extended box of region ``k`` from ``tiles`` (default: all it
+        needs that were computed); the other tiles are zeros."""
         if self.spec is None:
             raise RuntimeError("tile cache: no tile computed yet, map channels unknown")
         ext = self.plan.order[k].ext
         h, w = ext[3] - ext[1], ext[2] - ext[0]
         res = {name: np.zeros((h, w, c), np.float32) for name, c in self.spec.items()}
-        for t in self.plan.need[k]:
+        self.paste(res, ext, self.plan.need[k] if tiles is None else tiles)
+        self.peak_bytes = max(self.peak_bytes, self.nbytes())
+        return res
+
+    def paste(self, res: dict[str, np.ndarray], ext: Box, tiles: Iterable[Tile]) -> None:
+        """Copy the cached maps of ``tiles`` into ``res``, the maps of the global box ``ext``."""
+        for t in tiles:
             hit = self.store.get(t)
             if hit is None:
                 continue
@@ -173,8 +196,6 @@ class TileCache:
                 res[name][ay0 - ext[1] : ay1 - ext[1], ax0 - ext[0] : ax1 - ext[0]] = arr[
                     ay0 - box[1] : ay1 - box[1], ax0 - box[0] : ax1 - box[0]
                 ]
-        self.peak_bytes = max(self.peak_bytes, self.nbytes())
-        return res
 
     def release(self, k: int) -> None:
         """After region ``k``: drop tiles nobody needs any more, crop the others to their future use."""
@@ -199,27 +220,45 @@ class CachedSource:
     """Region maps from the tile cache: what the whole-slide loop calls instead of ``predict_image``.
 
     ``load`` runs in the reader thread (slide pixels of the tiles a region computes
-    first), ``maps`` in the network thread (predict them, cache them, assemble the
-    region, release what no later region needs).
+    first), ``maps`` in the network thread (predict them, follow the crypts into
+    further tiles when ``follow`` is given, cache them, assemble the region,
+    release what no later region needs). ``follow(maps) -> bool (h, w)`` is the
+    family's foreground test (see the module docstring); ``band`` is in px.
     """
 
     def __init__(
-        self, predictor: Any, plan: TilePlan, reader: Any, size: tuple[int, int], mpp: float, batch_size: int
+        self,
+        predictor: Any,
+        plan: TilePlan,
+        reader: Any,
+        size: tuple[int, int],
+        mpp: float,
+        batch_size: int,
+        follow: Callable[[dict[str, np.ndarray]], np.ndarray] | None = None,
+        band: int = 0,
     ) -> None:
         self.predictor, self.plan, self.reader = predictor, plan, reader
         self.width, self.height = size
         self.mpp, self.batch_size = mpp, batch_size
+        self.follow, self.band = follow, max(0, int(band))
         self.cache = TileCache(plan)
         self.pos = {r.index: k for k, r in enumerate(plan.order)}
+        self.computed: set[Tile] = set()  # every tile run by this source (cached or since released)
         self.tiles_run = 0
+        self.followed = 0  # tiles run because a crypt reached them (not in the plan)
         self.bar: Any = None
+        self._read_lock = threading.Lock()  # the reader thread and followed tiles share the slide
+
+    def _read(self, box: Box) -> np.ndarray:
+        with self._read_lock:
+            return read_mirrored(self.reader, box, self.width, self.height, self.mpp)
 
     def load(self, region: Region) -> tuple[np.ndarray, Box] | None:
         tiles = self.plan.new[self.pos[region.index]]
         if not tiles:
             return None
         box = self.plan.input_box(tiles)
-        return read_mirrored(self.reader, box, self.width, self.height, self.mpp), box
+        return self._read(box), box
 
     def _predict(self, tiles: np.ndarray, origins: np.ndarray) -> dict[str, np.ndarray]:
         out = self.plan.out
@@ -232,27 +271,65 @@ class CachedSource:
                 )
         return res
 
+    def _run(self, tiles: list[Tile], payload: tuple[np.ndarray, Box] | None) -> None:
+        """Predict and cache ``tiles``, cut from ``payload`` (pixels of a global box) or read one by one."""
+        out, c, inp = self.plan.out, self.plan.ctx, int(self.predictor.input_size)
+        for s in range(0, len(tiles), self.batch_size):
+            chunk = tiles[s : s + self.batch_size]
+            origins = np.array([(j * out - c, i * out - c) for i, j in chunk], np.int64)
+            if payload is not None:
+                patch, (bx, by, _, _) = payload
+                crops = [patch[oy - by : oy - by + inp, ox - bx : ox - bx + inp] for ox, oy in origins]
+            else:
+                crops = [self._read((ox, oy, ox + inp, oy + inp)) for ox, oy in origins]
+            res = self._predict(np.stack(crops), origins)
+            for n, t in enumerate(chunk):
+                self.cache.put(t, {name: arr[n].copy() for name, arr in res.items()})
+            self.computed.update(chunk)
+            self.tiles_run += len(chunk)
+            if self.bar is not None:
+                self.bar.update(len(chunk))
+
     def maps(self, region: Region, payload: tuple[np.ndarray, Box] | None) -> dict[str, np.ndarray]:
         k = self.pos[region.index]
-        out, c, inp = self.plan.out, self.plan.ctx, int(self.predictor.input_size)
-        tiles = self.plan.new[k]
         if payload is not None:
-            patch, (bx, by, _, _) = payload
-            for s in range(0, len(tiles), self.batch_size):
-                chunk = tiles[s : s + self.batch_size]
-                origins = np.array([(j * out - c, i * out - c) for i, j in chunk], np.int64)
-                batch = np.stack(
-                    [patch[oy - by : oy - by + inp, ox - bx : ox - bx + inp] for ox, oy in origins]
-                )
-                res = self._predict(batch, origins)
-                for n, t in enumerate(chunk):
-                    self.cache.put(t, {name: arr[n].copy() for name, arr in res.items()})
-                self.tiles_run += len(chunk)
-                if self.bar is not None:
-                    self.bar.update(len(chunk))
+            self._run(self.plan.new[k], payload)
         if self.cache.spec is None:  # no tissue tile yet: learn the map names/channels from a blank one
+            inp, c = int(self.predictor.input_size), self.plan.ctx
             res = self._predict(np.zeros((1, inp, inp, 3), np.uint8), np.array([[-c, -c]], np.int64))
             self.cache.spec = {name: arr.shape[-1] for name, arr in res.items()}
-        maps = self.cache.region_maps(k)
+        if self.follow is None:
+            maps = self.cache.region_maps(k)
+        else:
+            maps = self._follow(k)
         self.cache.release(k)
         return maps
+
+    def _follow(self, k: int) -> dict[str, np.ndarray]:
+        """The region's maps from its tissue tiles plus every tile its crypts reach, run as needed."""
+        ext = self.plan.order[k].ext
+        used = {t for t in self.plan.need[k] if t in self.plan.tissue}
+        maps = self.cache.region_maps(k, used)
+        # a tile is reached by foreground within ``band`` px of it, adjacent pixels (8-connected) at least
+        kernel = np.ones((2 * self.band + 3, 2 * self.band + 3), np.uint8)
+        while True:
+            fg = np.asarray(self.follow(maps), bool)  # type: ignore[misc]
+            reach = cv2.dilate(fg.view(np.uint8), kernel)
+            more = []
+            for t in self.plan.need[k]:
+                part = None if t in used else _intersect(self.plan.tile_box(t), ext)
+                if part is None:
+                    continue
+                x0, y0, x1, y1 = (v - o for v, o in zip(part, ext[:2] * 2, strict=True))
+                if reach[y0:y1, x0:x1].any():
+                    more.append(t)
+            if not more:
+                return maps
+            fresh = [t for t in more if t not in self.computed]
+            if self.bar is not None:
+                self.bar.total += len(fresh)
+                self.bar.refresh()
+            self._run(fresh, None)
+            self.followed += len(fresh)
+            self.cache.paste(maps, ext, more)
+            used.update(more)

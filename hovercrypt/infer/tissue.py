@@ -71,7 +71,8 @@ class TissueIndex:
     one thumbnail pixel so that crypts on the tissue edge are never cut off.
     ``grow`` (processing px) widens a query box: tiles within a crypt's size of
     the tissue are processed so that a crypt whose centroid lies on tissue is
-    always predicted whole.
+    always predicted whole. With the tile cache following crypts (``infer.follow_um``),
+    ``grow`` is 0: the crypts themselves pull in the tiles beyond the mask.
     """
 
     def __init__(self, mask: np.ndarray, scale: float, grow: int = 0) -> None:

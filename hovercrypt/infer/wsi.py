@@ -14,9 +14,11 @@ so a resumed run's outputs are byte-identical to an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import math
 import queue
 import shutil
 import threading
@@ -33,9 +35,9 @@ from tqdm import tqdm
 
 from hovercrypt.config import InferConfig
 from hovercrypt.infer.memory import trim_heap
+from hovercrypt.infer.region_source import RegionSource, TissuePredictor
 from hovercrypt.infer.regions import Region, margin_pixels, plan_regions, tiles_in
 from hovercrypt.infer.stitch import RegionResult, StitchContext, part_path, postprocess_region
-from hovercrypt.infer.tile import predict_image
 from hovercrypt.infer.tile_cache import CachedSource, TilePlan, processing_order
 from hovercrypt.infer.tissue import TissueIndex, load_mask, otsu_tissue_mask
 from hovercrypt.infer.wsi_outputs import SlideResult, merge_outputs
@@ -43,6 +45,7 @@ from hovercrypt.io.atomic import atomic_write_text
 from hovercrypt.io.images import write_png
 from hovercrypt.io.slide import SlideReader
 from hovercrypt.io.type_info import TypeInfo
+from hovercrypt.models.registry import get_family
 
 log = logging.getLogger("hovercrypt.wsi")
 MANIFEST_VERSION = 1
@@ -69,41 +72,6 @@ class WsiOptions:
     on_region_committed: Callable[[str, int], None] | None = field(default=None, repr=False)
 
 
-class TissuePredictor:
-    """Wraps a predictor: tiles whose output window misses the tissue mask get all-zero maps."""
-
-    def __init__(self, inner: Any, tissue: TissueIndex, bar: tqdm | None = None) -> None:
-        self.inner, self.tissue, self.bar = inner, tissue, bar
-        self.input_size, self.output_size = int(inner.input_size), int(inner.output_size)
-        self.arch, self.nr_types = inner.arch, int(inner.nr_types)
-        self.spec: dict[str, int] | None = None
-        self.tiles_run = 0
-
-    def predict(self, tiles: np.ndarray, origins: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        if origins is None:
-            raise ValueError("TissuePredictor needs tile origins")
-        m, out = (self.input_size - self.output_size) // 2, self.output_size
-        sel = [
-            k
-            for k, (ox, oy) in enumerate(origins)
-            if self.tissue.near(ox + m, oy + m, ox + m + out, oy + m + out)
-        ]
-        res = self.inner.predict(tiles[sel], origins[sel]) if sel else None
-        if res is None and self.spec is None:  # learn the map names/channels once
-            res0 = self.inner.predict(tiles[:1], origins[:1])
-            self.spec = {k: v.shape[-1] for k, v in res0.items()}
-        if res is not None:
-            self.spec = {k: v.shape[-1] for k, v in res.items()}
-        self.tiles_run += len(sel)
-        if self.bar is not None:
-            self.bar.update(len(sel))
-        full = {k: np.zeros((len(tiles), out, out, c), np.float32) for k, c in self.spec.items()}  # type: ignore
-        if res is not None:
-            for k in full:
-                full[k][sel] = res[k]
-        return full
-
-
 def _mpp_label(reader: SlideReader, mpp: float) -> tuple[float, float]:
     """Actual (x, y) µm/px of the whole-slide image returned by ``reader.size_at(mpp)``."""
     w, h = reader.size_at(mpp)
@@ -121,23 +89,6 @@ def tissue_mask(reader: SlideReader, opts: WsiOptions, mask_path: Path | None) -
     # a tile) is itself smaller than that, so the limit is capped at 5% of the image's area
     slide_um2 = reader.dimensions[0] * reader.dimensions[1] * reader.mpp**2
     return otsu_tissue_mask(thumb, mpp, min(opts.infer.min_tissue_area_um2, 0.05 * slide_um2)), mpp
-
-
-class RegionSource:
-    """Region maps predicted region by region (``tile_cache`` off): overlaps are recomputed.
-
-    ``load`` runs in the reader thread, ``maps`` in the network thread (as :class:`CachedSource`).
-    """
-
-    def __init__(self, predictor: Any, reader: SlideReader, mpp: float, batch_size: int) -> None:
-        self.tp, self.reader, self.mpp, self.batch_size = predictor, reader, mpp, batch_size
-
-    def load(self, r: Region) -> np.ndarray:
-        x0, y0, x1, y1 = r.ext
-        return self.reader.read(x0, y0, x1 - x0, y1 - y0, self.mpp)
-
-    def maps(self, r: Region, img: np.ndarray) -> dict[str, np.ndarray]:
-        return predict_image(self.tp, img, self.batch_size, origin=r.ext[:2])
 
 
 def _reader_thread(source: Any, regions: list[Region], q: queue.Queue, stop: threading.Event) -> None:
@@ -169,6 +120,7 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "margin_px": margin,
         "windows": [predictor.input_size, predictor.output_size],
         "tile_cache": opts.infer.tile_cache,  # the per-region path mirrors maps at inner region edges
+        "follow_um": opts.infer.follow_um if follow_fn(opts, predictor) else 0.0,  # which tiles are run
         "model": opts.model_id,
         # flips, backend and precision change the maps: a resume must not mix them with earlier regions
         "tta": bool(getattr(predictor, "tta", False)),
@@ -219,7 +171,9 @@ def process_slide(
         if finished is not None:
             return finished
         write_png(sl.slide_dir / "tissue_mask.png", sl.mask.astype(np.uint8) * 255)
-        tissue = TissueIndex(sl.mask, opts.proc_mpp / (sum(sl.thumb_mpp) / 2), grow=sl.margin)
+        # following crypts needs no band around the tissue: tiles a crypt reaches are run on demand
+        grow = 0 if follow_fn(opts, predictor) else sl.margin
+        tissue = TissueIndex(sl.mask, opts.proc_mpp / (sum(sl.thumb_mpp) / 2), grow=grow)
         regions = plan_regions(*sl.size, opts.infer.tile_shape, sl.margin, keep=lambda b: tissue.touches(*b))
         todo = [r for r in regions if not part_path(sl.part_dir, r.index).is_file()]
         source, todo, tiles_total, tiles_todo = _plan_source(sl, predictor, opts, tissue, regions, todo)
@@ -240,6 +194,8 @@ def process_slide(
         results = _run_regions(source, todo, tissue, sctx, opts, pool, stages, sl.name)
         stages["postproc_worker"] = sum(r.seconds for r in results)
         bar.close()
+        if isinstance(source, CachedSource) and source.follow is not None:
+            log.info("%s: %d tiles run where crypts reach beyond the tissue tiles", sl.name, source.followed)
         oversize = sum(r.oversize for r in results)
         if oversize:
             log.warning(
@@ -257,7 +213,7 @@ def process_slide(
         types=types,
         total=sum(types.values()),
         tissue_area_mm2=area_mm2,
-        tiles=tiles_total,
+        tiles=tiles_total + (source.followed if isinstance(source, CachedSource) else 0),
         oversize=oversize,
         seconds=round(time.perf_counter() - t0, 3),
         stages={k: round(v, 2) for k, v in stages.items()},
@@ -311,6 +267,17 @@ def _start_or_resume(sl: _Slide, manifest: dict, resume: bool) -> SlideResult | 
     return None
 
 
+def follow_fn(opts: WsiOptions, predictor: Any) -> Callable[[dict[str, np.ndarray]], np.ndarray] | None:
+    """The family's foreground test with this run's post-processing, when the tile cache follows crypts
+    (``infer.follow_um`` > 0 and the family has a ``map_foreground`` hook); else None."""
+    if not (opts.infer.tile_cache and opts.infer.follow_um > 0):
+        return None
+    family = get_family(str(predictor.arch))
+    if family.map_foreground is None:
+        return None
+    return functools.partial(family.foreground_map, params=opts.postproc)
+
+
 def _plan_source(
     sl: _Slide,
     predictor: Any,
@@ -327,7 +294,11 @@ def _plan_source(
         ctx = (predictor.input_size - out) // 2
         plan = TilePlan.build(todo, out, ctx, tissue)
         tiles_total = TilePlan.build(regions, out, ctx, tissue).n_tiles
-        source = CachedSource(predictor, plan, sl.reader, sl.size, opts.proc_mpp, opts.infer.batch_size)
+        band = math.ceil(opts.infer.follow_um / opts.proc_mpp)
+        follow = follow_fn(opts, predictor)
+        source = CachedSource(
+            predictor, plan, sl.reader, sl.size, opts.proc_mpp, opts.infer.batch_size, follow, band
+        )
         return source, todo, tiles_total, plan.n_tiles
     n_tiles = {
         r.index: sum(tissue.near(x, y, x + out, y + out) for x, y in tiles_in(r, out)) for r in regions

@@ -24,6 +24,9 @@ Hook signatures (``out``/``batch`` are dicts of NCHW tensors, maps are channel-l
 - ``instances(maps: {key: (H, W, C)}, params: dict) -> int32 (H, W)``; ``params`` are
   ``settings.pixels(mpp)``.
 - ``foreground(out, batch) -> (predicted, true)`` bool (N, h, w) for the validation Dice.
+- ``map_foreground(maps, params) -> bool (H, W)``: the pixels ``instances`` may put in a crypt
+  (optional). The whole-slide engine follows them from tile to tile instead of running every
+  tile within ``infer.margin_um`` of tissue; a family without it keeps that slower rule.
 - ``settings``: the :class:`~hovercrypt.config_postproc.PostprocSettings` subclass.
 """
 
@@ -75,6 +78,7 @@ class ModelFamily:
     tune_grid: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     encoder_field: str = "encoder"  # the ModelConfig field that ``--encoder`` sets
     encoder_optional: bool = False  # ``--encoder=none`` means no encoder (the classic UNet)
+    map_foreground: Hook | None = None
 
     def build_model(self, model_cfg: ModelConfig) -> nn.Module:
         """The network, with ``arch`` set to this family's name (checkpoints and predictors read it)."""
@@ -94,6 +98,11 @@ class ModelFamily:
 
     def foreground_masks(self, out: dict, batch: dict) -> tuple[Any, Any]:
         return resolve(self.foreground)(out, batch)
+
+    def foreground_map(self, maps: Mapping[str, Any], params: dict[str, Any]) -> Any:
+        if self.map_foreground is None:
+            raise ValueError(f"model family {self.name!r} has no map_foreground hook")
+        return resolve(self.map_foreground)(maps, params)
 
     def settings_class(self) -> type:
         return resolve(self.settings)
@@ -151,6 +160,7 @@ HOVERNET = register(
         instances="hovercrypt.postproc.hv:hovernet_instances",
         foreground="hovercrypt.models.heads:hovernet_foreground",
         settings="hovercrypt.config_postproc:HoVerNetPostproc",
+        map_foreground="hovercrypt.postproc.foreground:hovernet_foreground",
         valid_metric="valid/np_dice",
         tune_grid={
             "np_thresh": [0.3, 0.4, 0.5, 0.6, 0.7],
@@ -175,6 +185,7 @@ UNET = register(
         instances="hovercrypt.postproc.semantic:semantic_instances",
         foreground="hovercrypt.models.unet:semantic_foreground",
         settings="hovercrypt.config_postproc:UNetPostproc",
+        map_foreground="hovercrypt.postproc.foreground:semantic_foreground",
         valid_metric="valid/crypt_dice",
         tune_grid={
             "unet_fg_thresh": [0.3, 0.4, 0.5, 0.6, 0.7],
