@@ -27,8 +27,8 @@ The default mosaic (``--copies 2 --rows 3``: 4.66 mm² of tissue, 4 x 2 regions 
 about the size of the 4.2 mm² colon section the issue was measured on; ``--copies 1 --rows 2``
 (1.52 mm², 2 x 2 regions) is a quicker run, with fewer region borders for the tile cache to save.
 ``--repeats N`` runs off, on, off, on, ... and keeps each configuration's fastest run (this shared
-machine's speed drifts by up to 25% within an hour); ``peak_rss_mb`` is the largest of all runs,
-``peak_rss_mb_on`` that of the optimised runs.
+machine's speed drifts by up to 25% within an hour); ``peak_rss_mb`` is the largest of the
+optimised runs (the engine the RSS target is about), ``peak_rss_mb_off`` that of the reference runs.
 
 Usage: python benchmarks/wsi_throughput.py [--copies 2] [--rows 3] [--repeats 1] [--crop 0]
        [--window 0] [--workers N] [--window_border 32] [--threads 0] [--channels_last]
@@ -268,8 +268,8 @@ def main() -> int:
         "tissue_mm2": off["tissue_mm2"],
         "speedup": round(off["seconds"] / max(on["seconds"], 1e-9), 3),
         "count_rel_diff": round(abs(on["count"] - off["count"]) / max(off["count"], 1), 4),
-        "peak_rss_mb": max(on["peak_rss_mb"], off["peak_rss_mb"]),
-        "peak_rss_mb_on": on["peak_rss_mb"],
+        "peak_rss_mb": on["peak_rss_mb"],
+        "peak_rss_mb_off": off["peak_rss_mb"],
         "tiles_ratio": round(off["tiles"] / max(on["tiles"], 1), 3),
         **same_crypts(*(folder / f"run_{n}" / slide.stem / "instances.jsonl" for n in ("off", "on"))),
         "runs": rows,
@@ -280,7 +280,7 @@ def main() -> int:
     )
     print(
         f"speedup {summary['speedup']}x  count_rel_diff {summary['count_rel_diff']}  "
-        f"peak RSS {summary['peak_rss_mb']} MB (optimised runs: {summary['peak_rss_mb_on']} MB)"
+        f"peak RSS {summary['peak_rss_mb']} MB (all off: {summary['peak_rss_mb_off']} MB)"
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.out), json.dumps(summary, indent=1))
