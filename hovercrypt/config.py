@@ -223,7 +223,7 @@ class InferConfig:
     # wsi, with the tile cache: run the tiles that touch tissue, then follow the predicted crypts:
     # any tile within follow_um of a foreground pixel of a tile already run is run too, until no
     # crypt reaches an unrun tile (> the post-processing's kernel reach: Sobel radius, blur, opening).
-    # 0 = the rule before: every tile within margin_um of tissue (2.7x the tiles on the benchmark slide)
+    # 0 = the rule before: every tile within margin_um of tissue (2.3x the tiles on the benchmark slide)
     follow_um: float = 32.0
     channels_last: bool = False  # NHWC weights too (activations are always NHWC)
     threads: int = 0  # torch intra-op threads; 0 = torch's default (one per core)
