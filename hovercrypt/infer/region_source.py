@@ -53,7 +53,6 @@ class TissuePredictor:
         return full
 
 
-
 class RegionSource:
     """Region maps predicted region by region (``tile_cache`` off): overlaps are recomputed.
 

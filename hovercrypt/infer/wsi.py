@@ -108,7 +108,9 @@ def _reader_thread(source: Any, regions: list[Region], q: queue.Queue, stop: thr
         q.put(e)
 
 
-def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.ndarray, margin: int) -> dict:
+def _manifest(
+    reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.ndarray, margin: int, follow: bool
+) -> dict:
     return {
         "version": MANIFEST_VERSION,
         "slide": reader.path.name,
@@ -120,7 +122,7 @@ def _manifest(reader: SlideReader, opts: WsiOptions, predictor: Any, mask: np.nd
         "margin_px": margin,
         "windows": [predictor.input_size, predictor.output_size],
         "tile_cache": opts.infer.tile_cache,  # the per-region path mirrors maps at inner region edges
-        "follow_um": opts.infer.follow_um if follow_fn(opts, predictor) else 0.0,  # which tiles are run
+        "follow_um": opts.infer.follow_um if follow else 0.0,  # which tiles are run
         "model": opts.model_id,
         # flips, backend and precision change the maps: a resume must not mix them with earlier regions
         "tta": bool(getattr(predictor, "tta", False)),
@@ -143,6 +145,7 @@ class _Slide:
     mask: np.ndarray
     thumb_mpp: tuple[float, float]  # (x, y) µm/px of the tissue mask
     margin: int
+    follow: Callable[[dict[str, np.ndarray]], np.ndarray] | None  # see follow_fn
 
     @property
     def name(self) -> str:
@@ -167,12 +170,13 @@ def process_slide(
     with SlideReader(path, opts.slide_mpp) as reader:
         sl = _open_slide(reader, Path(out_dir), predictor, opts, Path(mask_path) if mask_path else None)
         area_mm2 = float(sl.mask.sum()) * sl.thumb_mpp[0] * sl.thumb_mpp[1] / 1e6
-        finished = _start_or_resume(sl, _manifest(reader, opts, predictor, sl.mask, sl.margin), resume)
+        manifest = _manifest(reader, opts, predictor, sl.mask, sl.margin, sl.follow is not None)
+        finished = _start_or_resume(sl, manifest, resume)
         if finished is not None:
             return finished
         write_png(sl.slide_dir / "tissue_mask.png", sl.mask.astype(np.uint8) * 255)
         # following crypts needs no band around the tissue: tiles a crypt reaches are run on demand
-        grow = 0 if follow_fn(opts, predictor) else sl.margin
+        grow = 0 if sl.follow is not None else sl.margin
         tissue = TissueIndex(sl.mask, opts.proc_mpp / (sum(sl.thumb_mpp) / 2), grow=grow)
         regions = plan_regions(*sl.size, opts.infer.tile_shape, sl.margin, keep=lambda b: tissue.touches(*b))
         todo = [r for r in regions if not part_path(sl.part_dir, r.index).is_file()]
@@ -242,7 +246,8 @@ def _open_slide(
         inp = out + 2 * ctx
     margin = margin_pixels(opts.infer.margin_um, opts.proc_mpp, inp, out)
     size = reader.size_at(opts.proc_mpp)
-    return _Slide(reader, out_dir / reader.name, size, mask, _mpp_label(reader, thumb_mpp), margin)
+    follow = follow_fn(opts, predictor)
+    return _Slide(reader, out_dir / reader.name, size, mask, _mpp_label(reader, thumb_mpp), margin, follow)
 
 
 def _start_or_resume(sl: _Slide, manifest: dict, resume: bool) -> SlideResult | None:
@@ -295,9 +300,8 @@ def _plan_source(
         plan = TilePlan.build(todo, out, ctx, tissue)
         tiles_total = TilePlan.build(regions, out, ctx, tissue).n_tiles
         band = math.ceil(opts.infer.follow_um / opts.proc_mpp)
-        follow = follow_fn(opts, predictor)
         source = CachedSource(
-            predictor, plan, sl.reader, sl.size, opts.proc_mpp, opts.infer.batch_size, follow, band
+            predictor, plan, sl.reader, sl.size, opts.proc_mpp, opts.infer.batch_size, sl.follow, band
         )
         return source, todo, tiles_total, plan.n_tiles
     n_tiles = {
