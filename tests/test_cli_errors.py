@@ -37,31 +37,26 @@ def _error_line(capsys) -> str:
 
 
 @pytest.mark.parametrize(
-    "value, why", [("abc", "must be an integer, got 'abc'"), ("-1", "must be >= 0, got -1")]
+    "option, value, why",
+    [
+        ("--workers", "abc", "must be an integer, got 'abc'"),
+        ("--workers", "-1", "must be >= 0, got -1"),
+        ("--follow_um", "abc", "must be a number, got 'abc'"),
+        ("--follow_um", "-1", "must be >= 0, got -1"),
+    ],
 )
-def test_wsi_workers_validated(run_infer, dirs, tmp_path, capsys, value, why):
+def test_wsi_numeric_options_validated(run_infer, dirs, tmp_path, capsys, option, value, why):
     src, model = dirs
     argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]
-    assert run_infer([*argv, f"--workers={value}"]) == 2
-    assert _error_line(capsys).endswith(f"--workers {why}")
+    assert run_infer([*argv, f"{option}={value}"]) == 2
+    assert _error_line(capsys).endswith(f"{option} {why}")
 
 
-def test_wsi_workers_zero_allowed(run_infer, dirs, tmp_path, capsys):
+@pytest.mark.parametrize("option", ["--workers", "--follow_um"])
+def test_wsi_zero_allowed(run_infer, dirs, tmp_path, capsys, option):
     src, model = dirs
     argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]
-    assert run_infer([*argv, "--workers=0"]) == 2  # gets past the option checks to the missing model
-    assert "absent.pt: model checkpoint not found" in _error_line(capsys)
-
-
-@pytest.mark.parametrize(
-    "value, why", [("abc", "must be a number, got 'abc'"), ("-1", "must be >= 0, got -1")]
-)
-def test_wsi_follow_um_validated(run_infer, dirs, tmp_path, capsys, value, why):
-    src, model = dirs
-    argv = ["wsi", f"--input_dir={src}", f"--output_dir={tmp_path / 'o'}", f"--model_path={model}"]
-    assert run_infer([*argv, f"--follow_um={value}"]) == 2
-    assert _error_line(capsys).endswith(f"--follow_um {why}")
-    assert run_infer([*argv, "--follow_um=0"]) == 2  # 0 (off) gets past the checks to the missing model
+    assert run_infer([*argv, f"{option}=0"]) == 2  # gets past the option checks to the missing model
     assert "absent.pt: model checkpoint not found" in _error_line(capsys)
 
 

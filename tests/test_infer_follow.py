@@ -14,9 +14,9 @@ import re
 
 import numpy as np
 import pytest
-from test_infer_windows import ArrayReader, BoxPredictor, CountingOracle
+from test_infer_windows import ArrayReader, BoxPredictor, CountingOracle, instance_records, oracle_wsi_opts
 
-from hovercrypt.config import Config, InferConfig, PostprocConfig
+from hovercrypt.config import Config, InferConfig
 from hovercrypt.infer.regions import plan_regions
 from hovercrypt.infer.tile import predict_image
 from hovercrypt.infer.tile_cache import CachedSource, TilePlan, processing_order
@@ -111,9 +111,8 @@ def test_follow_um_must_not_be_negative() -> None:
 
 def test_wsi_crypts_beyond_the_tissue_mask_are_whole_with_fewer_tiles(tmp_path, caplog) -> None:
     """A supplied mask covers the left half; crypts sit on its edge and reach far past it."""
-    from hovercrypt.infer.wsi import WsiOptions, process_slide
+    from hovercrypt.infer.wsi import process_slide
     from hovercrypt.io.images import write_png
-    from hovercrypt.io.type_info import TypeInfo
     from hovercrypt.testing.oracle import OraclePredictor
     from hovercrypt.testing.slides import random_layout, write_layout_slide
 
@@ -133,16 +132,9 @@ def test_wsi_crypts_beyond_the_tissue_mask_are_whole_with_fewer_tiles(tmp_path, 
     caplog.set_level(logging.INFO, logger="hovercrypt")
     for name, follow in (("margin", 0.0), ("follow", 32.0)):
         orc = CountingOracle(OraclePredictor(e, 160, 128))
-        opts = WsiOptions(
-            proc_mpp=proc,
-            postproc=PostprocConfig(min_object_area_um2=100.0).pixels(proc),
-            type_info=TypeInfo.default(0),
-            infer=InferConfig(tile_shape=256, margin_um=400.0, follow_um=follow),
-            progress=False,
-        )
+        opts = oracle_wsi_opts(proc, 0, margin_um=400.0, follow_um=follow)
         res = process_slide(path, tmp_path / name, orc, opts, mask_path=tmp_path / "s_mask.png")
-        lines = (tmp_path / name / "s" / "instances.jsonl").read_text().splitlines()
-        recs[name] = sorted(json.dumps({k: v for k, v in json.loads(x).items() if k != "id"}) for x in lines)
+        recs[name] = instance_records(tmp_path / name / "s")
         tiles[name] = len(set(orc.origins))
         assert len(orc.origins) == tiles[name] == res.tiles
         manifest = json.loads((tmp_path / name / "s" / "manifest.json").read_text())

@@ -174,12 +174,33 @@ class CountingOracle:
         return self.inner.predict(tiles, origins)
 
 
-def test_wsi_tile_cache_same_crypts_each_tile_once(tmp_path) -> None:
+def oracle_wsi_opts(proc: float, nr_types: int, **infer):
+    """Whole-slide options for the oracle tests: small regions, ``infer`` overrides."""
+    from hovercrypt.config import InferConfig, PostprocConfig
+    from hovercrypt.infer.wsi import WsiOptions
+    from hovercrypt.io.type_info import TypeInfo
+
+    return WsiOptions(
+        proc_mpp=proc,
+        postproc=PostprocConfig(min_object_area_um2=100.0).pixels(proc),
+        type_info=TypeInfo.default(nr_types),
+        infer=InferConfig(tile_shape=256, **infer),
+        progress=False,
+    )
+
+
+def instance_records(slide_dir) -> list[str]:
+    """A slide's ``instances.jsonl`` records without their ids (which follow region order), sorted."""
     import json
 
-    from hovercrypt.config import InferConfig, PostprocConfig
-    from hovercrypt.infer.wsi import WsiOptions, process_slide
-    from hovercrypt.io.type_info import TypeInfo
+    lines = (slide_dir / "instances.jsonl").read_text().splitlines()
+    records = ({k: v for k, v in json.loads(x).items() if k != "id"} for x in lines)
+    return sorted(json.dumps(r, sort_keys=True) for r in records)
+
+
+def test_wsi_tile_cache_same_crypts_each_tile_once(tmp_path) -> None:
+
+    from hovercrypt.infer.wsi import process_slide
     from hovercrypt.testing.oracle import OraclePredictor
     from hovercrypt.testing.slides import random_layout, write_layout_slide
 
@@ -194,18 +215,9 @@ def test_wsi_tile_cache_same_crypts_each_tile_once(tmp_path) -> None:
         ("big", True, (288, 256)),
     ):
         orc = CountingOracle(OraclePredictor(e, inp, out, nr_types=3))
-        opts = WsiOptions(
-            proc_mpp=proc,
-            postproc=PostprocConfig(min_object_area_um2=100.0).pixels(proc),
-            type_info=TypeInfo.default(3),
-            infer=InferConfig(tile_shape=256, margin_um=100.0, tile_cache=cache),
-            progress=False,
-        )
+        opts = oracle_wsi_opts(proc, 3, margin_um=100.0, tile_cache=cache)
         res = process_slide(path, tmp_path / name, orc, opts)
-        recs[name] = sorted(
-            json.dumps({k: v for k, v in json.loads(line).items() if k != "id"}, sort_keys=True)
-            for line in open(tmp_path / name / "s" / "instances.jsonl")
-        )
+        recs[name] = instance_records(tmp_path / name / "s")
         if cache:
             assert len(orc.origins) == len(set(orc.origins)) == res.tiles
         else:
